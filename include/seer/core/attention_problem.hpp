@@ -30,7 +30,8 @@ struct AttentionOptions {
 // device); host executors call validate_host_lengths and validate_blocks_host in addition.
 template <class Q, class K, class V, class O, class L>
 void validate_attention_shapes(const SequenceBatch<Q>& q, const SequenceBatch<K>& k, const SequenceBatch<V>& v,
-                               const SequenceBatch<O>& o, const TensorView<L, 2>& lse, const AttentionOptions& options) {
+                               const SequenceBatch<O>& o, const TensorView<L, 2>& lse,
+                               const AttentionOptions& options) {
   require(q.data != nullptr, "q", "data pointer is null");
   require(k.data != nullptr, "k", "data pointer is null");
   require(v.data != nullptr, "v", "data pointer is null");
@@ -67,8 +68,7 @@ void validate_attention_shapes(const SequenceBatch<Q>& q, const SequenceBatch<K>
 // the query heads or the KV heads, rows within each sequence's key grid (BlockSet guarantees the
 // rest when it was built on the host).
 template <class Q, class K>
-void validate_blocks_host(const BlockSet& blocks, const SequenceBatch<Q>& q, const SequenceBatch<K>& k,
-                          bool causal) {
+void validate_blocks_host(const BlockSet& blocks, const SequenceBatch<Q>& q, const SequenceBatch<K>& k, bool causal) {
   require(blocks.complete(), "blocks", "only ", blocks.rows_filled(), " of ", blocks.rows(), " rows are filled");
   require(blocks.heads() == q.heads || blocks.heads() == k.heads, "blocks", "has ", blocks.heads(),
           " heads, expected the ", q.heads, " query heads or the ", k.heads, " KV heads");

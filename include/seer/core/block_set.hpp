@@ -150,7 +150,10 @@ struct DenseBlockMask {
 
   DenseBlockMask() = default;
   DenseBlockMask(std::int64_t batch_, std::int64_t heads_, std::int64_t query_blocks_, std::int64_t key_blocks_)
-      : batch(batch_), heads(heads_), query_blocks(query_blocks_), key_blocks(key_blocks_),
+      : batch(batch_),
+        heads(heads_),
+        query_blocks(query_blocks_),
+        key_blocks(key_blocks_),
         bits(static_cast<std::size_t>(batch_ * heads_ * query_blocks_ * key_blocks_), 0) {}
 
   std::uint8_t& operator()(std::int64_t b, std::int64_t h, std::int64_t m, std::int64_t n) {
@@ -189,8 +192,8 @@ inline BlockSet from_dense_mask(const DenseBlockMask& mask, const std::vector<Bl
   for (std::int64_t b = 0; b < mask.batch; ++b) {
     const auto& s = sequences[b];
     require(s.query_blocks() <= mask.query_blocks && s.key_blocks() <= mask.key_blocks, "mask", "sequence ", b,
-            " needs a ", s.query_blocks(), "x", s.key_blocks(), " block grid but the mask is ", mask.query_blocks,
-            "x", mask.key_blocks);
+            " needs a ", s.query_blocks(), "x", s.key_blocks(), " block grid but the mask is ", mask.query_blocks, "x",
+            mask.key_blocks);
     for (std::int64_t h = 0; h < mask.heads; ++h)
       for (std::int64_t m = 0; m < mask.query_blocks; ++m) {
         row.clear();

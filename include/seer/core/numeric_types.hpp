@@ -45,7 +45,7 @@ inline std::uint16_t float_to_half_bits(float value) {
   const std::uint32_t bits = float_bits(value);
   const std::uint32_t sign = (bits >> 16) & 0x8000u;
   const std::uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // NaN
+  if (magnitude > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);   // NaN
   if (magnitude >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to inf
   if (magnitude < 0x38800000u) {
     // Subnormal or zero in half: scale into the 10-bit mantissa with round-to-nearest-even.
@@ -103,8 +103,8 @@ float round_to(float value) {
 }
 
 template <class T>
-inline constexpr bool is_element_type_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                          std::is_same_v<T, half> || std::is_same_v<T, bfloat16>;
+inline constexpr bool is_element_type_v =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, half> || std::is_same_v<T, bfloat16>;
 
 template <class T>
 constexpr const char* element_type_name() {

@@ -32,7 +32,7 @@ struct SequenceBatch {
   std::int64_t token_stride = 0;
   std::int64_t head_stride = 0;
   std::int64_t dim_stride = 1;
-  std::int64_t max_length = 0;             // padded: the common length; packed: an upper bound
+  std::int64_t max_length = 0;               // padded: the common length; packed: an upper bound
   const std::int32_t* cu_seqlens = nullptr;  // packed layout: [batch + 1]; null for padded
   std::int64_t stored_tokens = 0;            // packed layout: token extent of the underlying view
 
@@ -55,7 +55,8 @@ struct SequenceBatch {
   SEER_HOST_DEVICE T* vector(std::int64_t b, std::int64_t t, std::int64_t h) const { return data + offset(b, t, h); }
 
   operator SequenceBatch<const T>() const {
-    return {data, batch, heads, head_dim, batch_stride, token_stride, head_stride, dim_stride, max_length, cu_seqlens, stored_tokens};
+    return {data,        batch,      heads,      head_dim,   batch_stride, token_stride,
+            head_stride, dim_stride, max_length, cu_seqlens, stored_tokens};
   }
 };
 

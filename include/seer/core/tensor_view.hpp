@@ -59,8 +59,7 @@ struct TensorView {
 template <class T, int Rank>
 void validate_view(const TensorView<T, Rank>& view, const char* name) {
   for (int axis = 0; axis < Rank; ++axis) {
-    require(view.extent[axis] >= 0, name, "extent of dimension ", axis, " is ", view.extent[axis],
-            ", expected >= 0");
+    require(view.extent[axis] >= 0, name, "extent of dimension ", axis, " is ", view.extent[axis], ", expected >= 0");
     require(view.stride[axis] >= 0, name, "stride of dimension ", axis, " is ", view.stride[axis],
             ", expected >= 0 (negative strides are not supported)");
   }

@@ -42,9 +42,8 @@ inline void unforced_best_first(const RowCandidates& row, std::vector<std::int32
   order.clear();
   for (std::int64_t n = 0; n < row.count; ++n)
     if (!row.forced[n]) order.push_back(static_cast<std::int32_t>(n));
-  std::sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
-    return ranks_before(row.logits[a], a, row.logits[b], b);
-  });
+  std::sort(order.begin(), order.end(),
+            [&](std::int32_t a, std::int32_t b) { return ranks_before(row.logits[a], a, row.logits[b], b); });
 }
 
 // Scratch buffers reused across rows by one thread.
