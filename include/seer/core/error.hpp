@@ -2,7 +2,8 @@
 //
 // Every public entry point validates its arguments and throws InvalidArgument naming the argument
 // and what was expected. Backend failures (a CUDA or HIP call that returned an error) throw
-// BackendError with the vendor's message. Nothing in seer aborts, prints, or returns NaN instead.
+// BackendError with the vendor's message; unreadable files throw FormatError naming the file. Nothing in seer aborts,
+// prints, or returns NaN instead.
 #pragma once
 
 #include <sstream>
@@ -30,6 +31,13 @@ class InvalidArgument : public Error {
 class BackendError : public Error {
  public:
   using Error::Error;
+};
+
+// A file or serialized object (JSON, safetensors, checkpoint) that is truncated or malformed.
+class FormatError : public Error {
+ public:
+  FormatError(const std::string& source, const std::string& message)
+      : Error("seer: malformed " + source + ": " + message) {}
 };
 
 namespace detail {
