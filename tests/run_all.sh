@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# seer's test command: everything CI checks, in one script.
+#
+#   tests/run_all.sh              all stages
+#   tests/run_all.sh gcc format   only the named stages
+#
+# Stages (each builds in its own directory under build/ci-*, with -Wall -Wextra -Werror, then runs ctest):
+#   gcc       g++, C++17, Release; CUDA backend and GPU tests when nvcc exists (they skip without a GPU);
+#             examples and benchmarks built; includes the package test (find_package/add_subdirectory/FetchContent)
+#   clang     clang++, C++20, Release, tests only, CUDA off
+#   sanitize  g++, C++17, -O1 -g, AddressSanitizer + UndefinedBehaviorSanitizer, tests only, CUDA off
+#   format    clang-format --dry-run --Werror over include/ backends/ tests/ examples/ bench/
+#
+# Missing tools and libraries are installed with apt-get first. Environment: SEER_JOBS (parallel jobs,
+# default nproc), SEER_CI_CLEAN=1 (delete the build directories first).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+script="$repo_root/tests/run_all.sh"
+
+jobs="${SEER_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+if [[ -d /usr/local/cuda/bin ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+generator=()
+if command -v ninja >/dev/null 2>&1; then
+  generator=(-G Ninja)
+fi
+
+# ---- One stage, run in its own process so that `set -e` applies inside it ------------------------
+configure_build_test() {
+  local build_dir="$1"
+  shift
+  if [[ "${SEER_CI_CLEAN:-0}" == "1" ]]; then
+    rm -rf "$build_dir"
+  fi
+  cmake -S "$repo_root" -B "$build_dir" "${generator[@]}" -DSEER_WARNINGS_AS_ERRORS=ON "$@"
+  cmake --build "$build_dir" -j "$jobs"
+  (cd "$build_dir" && ctest --output-on-failure --no-tests=error -j "$jobs")
+}
+
+run_stage() {
+  case "$1" in
+    gcc)
+      local cuda=()
+      if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+        cuda=(-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc)
+      fi
+      configure_build_test build/ci-gcc -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release -DSEER_CXX_STANDARD=17 \
+        -DSEER_ENABLE_CUDA=AUTO "${cuda[@]}" -DSEER_BUILD_TESTS=ON -DSEER_BUILD_EXAMPLES=ON -DSEER_BUILD_BENCH=ON
+      ;;
+    clang)
+      configure_build_test build/ci-clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release \
+        -DSEER_CXX_STANDARD=20 -DSEER_ENABLE_CUDA=OFF -DSEER_BUILD_TESTS=ON -DSEER_BUILD_EXAMPLES=OFF \
+        -DSEER_BUILD_BENCH=OFF
+      ;;
+    sanitize)
+      export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}"
+      export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+      configure_build_test build/ci-sanitize -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+        "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" -DSEER_CXX_STANDARD=17 -DSEER_SANITIZE=ON -DSEER_ENABLE_CUDA=OFF \
+        -DSEER_BUILD_TESTS=ON -DSEER_BUILD_EXAMPLES=OFF -DSEER_BUILD_BENCH=OFF
+      ;;
+    format)
+      cmake -DSEER_SOURCE_DIR="$repo_root" -P "$repo_root/cmake/SeerCheckFormat.cmake"
+      ;;
+    *)
+      echo "run_all.sh: unknown stage '$1' (stages: gcc clang sanitize format)" >&2
+      return 2
+      ;;
+  esac
+}
+
+if [[ "${1:-}" == "--stage" ]]; then
+  run_stage "$2"
+  exit 0
+fi
+
+# ---- Dependencies ----------------------------------------------------------------------------------
+install_missing_packages() {
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  command -v clang++ >/dev/null 2>&1 || missing+=(clang)
+  command -v clang-format >/dev/null 2>&1 || missing+=(clang-format)
+  command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
+  [[ -f /usr/include/eigen3/Eigen/Core ]] || missing+=(libeigen3-dev)
+  [[ -f /usr/include/doctest/doctest.h ]] || missing+=(doctest-dev)
+  if ((${#missing[@]} == 0)); then
+    echo "== dependencies: all present"
+    return 0
+  fi
+  echo "== dependencies: installing ${missing[*]}"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "run_all.sh: apt-get is not available; install ${missing[*]} by hand" >&2
+    return 1
+  fi
+  local sudo=()
+  if [[ "$(id -u)" != "0" ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo=(sudo)
+    else
+      echo "run_all.sh: not root and no sudo; install ${missing[*]} by hand" >&2
+      return 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # The image's package lists and cached .debs usually suffice when the update cannot reach a mirror.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update ||
+    echo "run_all.sh: apt-get update failed; installing from the existing package lists" >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+    --no-install-recommends "${missing[@]}"
+}
+
+start_all=$(date +%s)
+install_missing_packages
+
+stages=("$@")
+if ((${#stages[@]} == 0)); then
+  stages=(gcc clang sanitize format)
+fi
+
+declare -a summary=()
+failed=0
+for stage in "${stages[@]}"; do
+  echo
+  echo "================ stage: $stage ================"
+  stage_start=$(date +%s)
+  if bash "$script" --stage "$stage"; then
+    result="passed"
+  else
+    result="FAILED"
+    failed=1
+  fi
+  summary+=("$(printf '  %-9s %-7s %4ds' "$stage" "$result" "$(($(date +%s) - stage_start))")")
+done
+
+echo
+echo "================ summary ================"
+printf '%s\n' "${summary[@]}"
+cuda_state="off"
+if [[ " ${stages[*]} " == *" gcc "* ]] && compgen -G "build/ci-gcc/CMakeFiles/*/CMakeCUDACompiler.cmake" >/dev/null; then
+  cuda_state="on (GPU code compiled; GPU tests skip at run time when no GPU is present)"
+fi
+if [[ " ${stages[*]} " == *" gcc "* ]]; then
+  echo "  CUDA in the gcc stage: $cuda_state"
+fi
+echo "  total $(($(date +%s) - start_all))s"
+if ((failed)); then
+  echo "run_all.sh: FAILED" >&2
+  exit 1
+fi
+echo "run_all.sh: all stages passed"
