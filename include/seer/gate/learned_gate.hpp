@@ -19,6 +19,10 @@
 //      (k_len - q_len) + m * B (its first token's absolute position; m * B when q_len == k_len, as
 //      in the original, and right for a query chunk at the end of a longer key sequence). The RoPE
 //      tables have D entries, so the gate requires dg == D (the original silently needs it too).
+//      With dynamic NTK scaling the tables depend on a sequence length: the gate uses
+//      config.rope.scaling.sequence_length as given. (transformers would evaluate the gate's own
+//      rotary module at the largest block position + 1 of the call, keeping the largest length seen;
+//      pass that value to reproduce it.)
 //   4. logits(m, n) = dot(Qg[m], Kg[n]) / sqrt(dg) for the visible key blocks n of query block m
 //      (BlockGeometry::visible_key_blocks; the diagonal block stays a candidate).
 //

@@ -23,13 +23,17 @@
 //            Defaults beta_fast = 32, beta_slow = 1. Attention factor (multiplies cos AND sin):
 //            the given `attention_factor`, else mscale(factor, mscale) / mscale(factor, mscale_all_dim)
 //            when both mscale values are given (non-zero), else mscale(factor, 1), where
-//            mscale(s, m) = 1 if s <= 1 else 0.1 * m * ln(s) + 1.
+//            mscale(s, m) = 1 if s <= 1 else 0.1 * m * ln(s) + 1. The other types have attention factor 1.
 //
-// Every other type has attention factor 1. Rotation uses the non-interleaved "rotate_half" pairing
-// of transformers and flash-attn (interleaved=False): component i pairs with i + dim/2, and
+// These are the current transformers formulas; some older releases differed for YaRN (they used
+// max_position_embeddings in the correction range, or replaced `factor` by max_position_embeddings /
+// original_max_position_embeddings). Pass the values the checkpoint was trained with.
+//
+// Rotation uses the non-interleaved "rotate_half" pairing of transformers and flash-attn
+// (interleaved=False): component i pairs with i + dim/2, and
 //   x_i' = (x_i cos(p inv_i) - x_{i+dim/2} sin(p inv_i)) * a,  x_{i+dim/2}' = (x_{i+dim/2} cos + x_i sin) * a.
-// transformers evaluates p * inv_i and cos/sin in float32; seer uses double (differences of float32
-// rounding, up to ~1e-3 rad in the angle at positions near 1e5).
+// transformers evaluates inv_i, p * inv_i and cos/sin in float32; seer uses double (the float32
+// rounding moves angles by up to ~1e-2 rad at positions near 1e5).
 #pragma once
 
 #include <algorithm>
