@@ -7,12 +7,16 @@
 #     SEER_WARNINGS_AS_ERRORS is ON. TEST also adds the sanitizers when SEER_SANITIZE is ON.
 #     OPTIMIZE adds -O3 whatever the build type (benchmarks).
 #
-#   seer_install_backend(<target> NAME <name> [DEPENDENCIES <package>...])
+#   seer_install_backend(<target> NAME <name> [DEPENDENCIES <package>...] [HEADER_DIRECTORIES <dir>...])
 #     Installs an INTERFACE backend target (e.g. seer_cuda) so that find_package(seer CONFIG) offers
 #     it as seer::<name>. The backend is loaded only when all of its DEPENDENCIES are found on the
-#     consumer's machine, so seer::seer stays usable without a GPU toolkit. The target's include
-#     directories must use $<BUILD_INTERFACE:...>/$<INSTALL_INTERFACE:...>; headers under include/
-#     are installed already.
+#     consumer's machine, so seer::seer stays usable without a GPU toolkit. The contents of each
+#     HEADER_DIRECTORIES entry (e.g. backends/cuda/include) are installed into <prefix>/include, so the
+#     target's include directories should read
+#       $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
+#     Example (backends/cuda/CMakeLists.txt):
+#       seer_install_backend(seer_cuda NAME cuda DEPENDENCIES CUDAToolkit
+#                            HEADER_DIRECTORIES include ../gpu-common/include)
 include_guard(GLOBAL)
 
 include(GNUInstallDirs)
@@ -59,13 +63,18 @@ function(seer_target_settings target)
 endfunction()
 
 function(seer_install_backend target)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "NAME" "DEPENDENCIES")
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "NAME" "DEPENDENCIES;HEADER_DIRECTORIES")
   if(NOT ARG_NAME)
     message(FATAL_ERROR "seer_install_backend(${target}): NAME is required")
   endif()
   if(NOT SEER_INSTALL)
     return()
   endif()
+
+  foreach(_directory IN LISTS ARG_HEADER_DIRECTORIES)
+    get_filename_component(_directory "${_directory}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_SOURCE_DIR}")
+    install(DIRECTORY "${_directory}/" DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  endforeach()
 
   set_target_properties(${target} PROPERTIES EXPORT_NAME ${ARG_NAME})
   install(TARGETS ${target} EXPORT seer_${ARG_NAME}_targets)
