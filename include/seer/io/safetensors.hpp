@@ -370,10 +370,12 @@ inline std::vector<std::uint8_t> serialize_safetensors(const std::vector<TensorT
   }
   header += "}";
   while ((header.size() + 8) % 8 != 0) header += ' ';  // keep the data section 8-byte aligned
-  std::vector<std::uint8_t> out(8);
+  // Sized up front and filled with memcpy: g++ 12 -O3 reports a false -Warray-bounds on
+  // vector::insert of the header after the 8 length bytes.
+  std::vector<std::uint8_t> out(8 + header.size());
   const std::uint64_t length = header.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<std::uint8_t>(length >> (8 * i));
-  out.insert(out.end(), header.begin(), header.end());
+  std::memcpy(out.data() + 8, header.data(), header.size());
   for (const auto& tensor : tensors) out.insert(out.end(), tensor.bytes.begin(), tensor.bytes.end());
   return out;
 }
