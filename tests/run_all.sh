@@ -79,43 +79,11 @@ if [[ "${1:-}" == "--stage" ]]; then
 fi
 
 # ---- Dependencies ----------------------------------------------------------------------------------
-install_missing_packages() {
-  local missing=()
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  command -v g++ >/dev/null 2>&1 || missing+=(g++)
-  command -v clang++ >/dev/null 2>&1 || missing+=(clang)
-  command -v clang-format >/dev/null 2>&1 || missing+=(clang-format)
-  command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
-  [[ -f /usr/include/eigen3/Eigen/Core ]] || missing+=(libeigen3-dev)
-  [[ -f /usr/include/doctest/doctest.h ]] || missing+=(doctest-dev)
-  if ((${#missing[@]} == 0)); then
-    echo "== dependencies: all present"
-    return 0
-  fi
-  echo "== dependencies: installing ${missing[*]}"
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "run_all.sh: apt-get is not available; install ${missing[*]} by hand" >&2
-    return 1
-  fi
-  local sudo=()
-  if [[ "$(id -u)" != "0" ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-      sudo=(sudo)
-    else
-      echo "run_all.sh: not root and no sudo; install ${missing[*]} by hand" >&2
-      return 1
-    fi
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  # The image's package lists and cached .debs usually suffice when the update cannot reach a mirror.
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update ||
-    echo "run_all.sh: apt-get update failed; installing from the existing package lists" >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
-    --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=../cmake/install_dependencies.sh
+source "$repo_root/cmake/install_dependencies.sh"
 
 start_all=$(date +%s)
-install_missing_packages
+install_missing_packages cmake g++ clang clang-format ninja-build libeigen3-dev doctest-dev
 
 stages=("$@")
 if ((${#stages[@]} == 0)); then
