@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "seer/core/error.hpp"
@@ -54,7 +55,9 @@ struct SequenceBatch {
 
   SEER_HOST_DEVICE T* vector(std::int64_t b, std::int64_t t, std::int64_t h) const { return data + offset(b, t, h); }
 
-  operator SequenceBatch<const T>() const {
+  // A template so that SequenceBatch<const T> has no conversion to itself (nvcc warns about one).
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator SequenceBatch<const U>() const {
     return {data,        batch,      heads,      head_dim,   batch_stride, token_stride,
             head_stride, dim_stride, max_length, cu_seqlens, stored_tokens};
   }

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <type_traits>
 
 #include "seer/core/error.hpp"
 #include "seer/core/platform.hpp"
@@ -51,7 +52,11 @@ struct TensorView {
     return data[offset(index...)];
   }
 
-  operator TensorView<const T, Rank>() const { return {data, extent, stride}; }
+  // A template so that TensorView<const T> has no conversion to itself (nvcc warns about one).
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator TensorView<const U, Rank>() const {
+    return {data, extent, stride};
+  }
 };
 
 // Checks what every view handed to seer must satisfy: data present (unless empty), extents

@@ -1,0 +1,128 @@
+// The vendor layer: the only place where seer's device code names a GPU vendor's API.
+//
+// Kernels in seer/gpu/ are written once against these typed wrappers. This file has a CUDA branch
+// today; the HIP port adds a branch here (hipStream_t, wave64 on CDNA, mask-free shuffles) and the
+// kernels stay untouched. No #define aliases of vendor functions: an alias silently drops the lane
+// mask of a shuffle or hides a 64-wide wavefront, a typed wrapper makes both visible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "seer/core/error.hpp"
+#include "seer/core/numeric_types.hpp"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#else
+#error "seer/gpu/vendor.hpp needs a GPU compiler: include it from a .cu translation unit compiled by nvcc"
+#endif
+
+namespace seer::gpu::vendor {
+
+// ---- Runtime --------------------------------------------------------------------------------------
+
+using stream_t = cudaStream_t;
+using error_t = cudaError_t;
+
+inline constexpr const char* name = "CUDA";
+
+inline bool succeeded(error_t error) { return error == cudaSuccess; }
+inline const char* error_string(error_t error) { return cudaGetErrorString(error); }
+
+// Every runtime call goes through here: a failure becomes a BackendError naming the call, never a
+// silently ignored return code.
+inline void check(error_t error, const char* what) {
+  if (!succeeded(error)) throw BackendError(std::string("seer: ") + what + " failed: " + error_string(error));
+}
+
+// Launch errors (bad configuration, too much shared memory) are reported by the runtime only
+// through the last-error slot; read it right after each launch.
+inline void check_last_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+template <class Kernel>
+void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+}
+
+// ---- Warp-level primitives --------------------------------------------------------------------------
+
+// A compile-time constant: the HIP branch will make this 64 on CDNA. Host code that needs the width
+// of a particular device must ask the device, not this constant.
+inline constexpr int warp_size = 32;
+using lane_mask_t = std::uint32_t;
+inline constexpr lane_mask_t all_lanes = 0xffffffffu;
+
+__device__ inline float shuffle_xor(float value, int lane_offset) {
+  return __shfl_xor_sync(all_lanes, value, lane_offset, warp_size);
+}
+
+__device__ inline void sync_warp() { __syncwarp(all_lanes); }
+
+__device__ inline int lane_index() { return static_cast<int>(threadIdx.x) % warp_size; }
+__device__ inline int warp_index() { return static_cast<int>(threadIdx.x) / warp_size; }
+
+// 2^x with the special-function unit: exp2(-inf) is +0, which the online softmax relies on.
+__device__ inline float fast_exp2(float x) {
+  float result;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(x));
+  return result;
+}
+
+// ---- 16-bit element types ---------------------------------------------------------------------------
+
+// The device type that matches a seer storage type bit for bit, and packing of two floats into the
+// 32-bit register pair that matrix instructions take. The primary template is a trap: only the
+// types the tensor cores read are valid.
+template <class T>
+struct element_traits {
+  static_assert(sizeof(T) == 0, "seer GPU kernels take seer::bfloat16 or seer::half elements");
+};
+
+template <>
+struct element_traits<seer::bfloat16> {
+  using device_type = __nv_bfloat16;
+  __device__ static std::uint32_t pack(float low, float high) {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const std::uint32_t*>(&pair);
+  }
+};
+
+template <>
+struct element_traits<seer::half> {
+  using device_type = __half;
+  __device__ static std::uint32_t pack(float low, float high) {
+    const __half2 pair = __floats2half2_rn(low, high);
+    return *reinterpret_cast<const std::uint32_t*>(&pair);
+  }
+};
+
+static_assert(sizeof(__nv_bfloat16) == sizeof(seer::bfloat16) && sizeof(__half) == sizeof(seer::half),
+              "seer's 16-bit storage types must match the device types bit for bit");
+
+// ---- Asynchronous global -> shared copies ------------------------------------------------------------
+
+__device__ inline std::uint32_t shared_address(const void* pointer) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// Copies 16 bytes, or writes 16 zero bytes when `valid` is false (rows past a sequence's end must be
+// zeros: a NaN there would survive a multiplication by a zero probability).
+__device__ inline void copy_async_16_bytes(void* shared_destination, const void* global_source, bool valid) {
+  const int source_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared_destination)),
+               "l"(global_source), "r"(source_bytes));
+}
+
+__device__ inline void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most `Pending` committed groups are still in flight.
+template <int Pending>
+__device__ inline void wait_async_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+}
+
+}  // namespace seer::gpu::vendor

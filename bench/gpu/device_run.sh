@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: configure + build the CUDA tests and the benchmark library, run the
+# tests, the tests under compute-sanitizer (memcheck, racecheck), and the benchmark.
+#   bench/gpu/device_run.sh [build] [test] [sanitize] [bench] [ptxas]   (default: all four main stages)
+# Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
+# none installed. Logs go to $OUT (or ./device-out).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+status=0
+BUILD=build-device
+TESTS=$BUILD/tests/gpu/seer_cuda_tests
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+
+if has build; then
+  start=$SECONDS
+  if ! cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.carry/prefix" \
+      -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DSEER_WARNINGS_AS_ERRORS=ON -DSEER_BUILD_EXAMPLES=OFF \
+      >"$OUT/configure.log" 2>&1; then
+    tail -40 "$OUT/configure.log"; exit 1
+  fi
+  if ! cmake --build $BUILD --target seer_cuda_tests seer_bench_prefill_capi -j16 >"$OUT/build.log" 2>&1; then
+    grep -E -B2 -A6 'error|warning' "$OUT/build.log" | head -120; exit 1
+  fi
+  echo "build: ok in $((SECONDS - start)) s"
+fi
+
+if has ptxas; then
+  grep -E 'registers|spill' "$OUT/build.log" | sort | uniq -c | head -20
+fi
+
+if has test; then
+  start=$SECONDS
+  timeout 300 $TESTS >"$OUT/tests.log" 2>&1; rc=$?
+  tail -5 "$OUT/tests.log"; echo "tests: rc=$rc in $((SECONDS - start)) s"
+  [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests.log" | head -80; status=1; }
+fi
+
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    start=$SECONDS
+    # The 1M-token case allocates 32 GiB and launches 524k CTAs: too slow under the sanitizer.
+    timeout 400 compute-sanitizer --tool $tool --error-exitcode 9 $TESTS -tce='*1M tokens*' \
+      >"$OUT/sanitizer_$tool.log" 2>&1; rc=$?
+    tail -4 "$OUT/sanitizer_$tool.log"; echo "compute-sanitizer $tool: rc=$rc in $((SECONDS - start)) s"
+    [ $rc -ne 0 ] && { grep -E -m 30 'Error|error|Invalid|Race|FAILED' "$OUT/sanitizer_$tool.log"; status=1; }
+  done
+fi
+
+if has bench; then
+  PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
+    --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+exit $status
