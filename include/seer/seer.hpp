@@ -1,0 +1,28 @@
+// Everything seer offers on the host, in one include. Each header also stands alone; include only
+// what you use to keep compile times down (the CPU executors pull in Eigen).
+#pragma once
+
+#include "seer/core/attention_problem.hpp"
+#include "seer/core/block_geometry.hpp"
+#include "seer/core/block_set.hpp"
+#include "seer/core/error.hpp"
+#include "seer/core/numeric_types.hpp"
+#include "seer/core/parallel_for.hpp"
+#include "seer/core/sequence_batch.hpp"
+#include "seer/core/tensor_view.hpp"
+#include "seer/cpu/block_sparse_attention.hpp"
+#include "seer/cpu/ground_truth.hpp"
+#include "seer/cpu/reference_attention.hpp"
+#include "seer/gate/block_pooling.hpp"
+#include "seer/gate/learned_gate.hpp"
+#include "seer/gate/mean_pool_gate.hpp"
+#include "seer/gate/oracle_gate.hpp"
+#include "seer/gate/rotary_embedding.hpp"
+#include "seer/io/json.hpp"
+#include "seer/io/model_config.hpp"
+#include "seer/io/safetensors.hpp"
+#include "seer/selection/forced_blocks.hpp"
+#include "seer/selection/nucleus.hpp"
+#include "seer/selection/select_blocks.hpp"
+#include "seer/selection/threshold.hpp"
+#include "seer/selection/top_k.hpp"
