@@ -10,8 +10,8 @@
 // once per item and, where the heads keep the same block, multiplied in one larger matrix product.
 // Key blocks are visited in ascending order, the union of the kept blocks of the group's heads; for
 // each block the contiguous runs of heads that keep it are processed together. Per run:
-//     S = Q K^T (Eigen GEMM), S = -inf where masked, running max/sum update,
-//     P = exp(scale * S - max), O = O * exp(old max - new max) + P V.
+//     S = Q K^T (Eigen GEMM), running max/sum update over the visible keys of each row,
+//     P = exp(scale * S - max) (0 where masked), O = O * exp(old max - new max) + P V.
 // Only key blocks at or past BlockGeometry::first_masked_key_block(m) (the causal boundary and a
 // ragged tail) pay for mask arithmetic; a partial block is simply a smaller tile.
 #pragma once
@@ -41,16 +41,19 @@ namespace detail {
 using FloatRowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using FloatTile = Eigen::Map<FloatRowMatrix>;
 using ConstFloatTile = Eigen::Map<const FloatRowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
-using FloatColumn = Eigen::Map<Eigen::ArrayXf>;
+
+// Eigen's reductions peel to the vector alignment, so their summation order depends on addresses:
+// aligned buffers make results independent of where a thread's workspace happens to land.
+using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 // Buffers of one work item, sized once for the largest tile so the block loop never allocates.
 struct AttentionWorkspace {
-  std::vector<float> queries;       // [group * block, dim], pre-converted query rows of all heads
-  std::vector<float> accumulators;  // [group * block, dim], unnormalised outputs
-  std::vector<float> scores;        // [group * block, block], scores, then probabilities
-  std::vector<float> keys, values;  // [block, dim], converted K/V tiles (unused for contiguous float)
-  std::vector<float> running_max, running_sum, shift, rescale;  // [group * block] per stacked row
-  std::vector<const std::int32_t*> cursor, end;                 // [group] position in each head's row
+  AlignedFloats queries;                         // [group * block, dim], pre-converted query rows of all heads
+  AlignedFloats accumulators;                    // [group * block, dim], unnormalised outputs
+  AlignedFloats scores;                          // [group * block, block], scores, then probabilities
+  AlignedFloats keys, values;                    // [block, dim], converted K/V tiles (unused for contiguous float)
+  AlignedFloats running_max, running_sum;        // [group * block] per stacked row
+  std::vector<const std::int32_t*> cursor, end;  // [group] position in each head's row
 
   AttentionWorkspace(std::int64_t group, std::int64_t block, std::int64_t dim)
       : queries(static_cast<std::size_t>(group * block * dim)),
@@ -60,8 +63,6 @@ struct AttentionWorkspace {
         values(keys.size()),
         running_max(static_cast<std::size_t>(group * block)),
         running_sum(running_max.size()),
-        shift(running_max.size()),
-        rescale(running_max.size()),
         cursor(static_cast<std::size_t>(group)),
         end(cursor.size()) {}
 };
@@ -70,7 +71,7 @@ struct AttentionWorkspace {
 // place; anything else is converted into `buffer` (16-bit and double inputs, strided head dims).
 template <class T>
 ConstFloatTile float_rows(const SequenceBatch<const T>& batch, std::int64_t b, std::int64_t first, std::int64_t count,
-                          std::int64_t h, std::vector<float>& buffer) {
+                          std::int64_t h, AlignedFloats& buffer) {
   const std::int64_t dim = batch.head_dim;
   if constexpr (std::is_same_v<T, float>) {
     if (batch.dim_stride == 1)
@@ -96,36 +97,36 @@ inline void attend_key_block(AttentionWorkspace& work, std::int64_t dim, const Q
                              std::int64_t row_begin, std::int64_t row_count, const ConstFloatTile& keys,
                              const ConstFloatTile& values, std::int64_t key_start, bool masked, float scale) {
   const std::int64_t key_count = keys.rows();
-  const float negative_infinity = -std::numeric_limits<float>::infinity();
   const FloatTile queries(work.queries.data() + row_begin * dim, row_count, dim);
   FloatTile scores(work.scores.data(), row_count, key_count);
   scores.noalias() = queries * keys.transpose();
 
-  if (masked) {
-    for (std::int64_t r = 0; r < row_count; ++r) {
-      const std::int64_t i = block.first_row + (row_begin + r) % block.rows_per_head;
-      const std::int64_t visible =
-          std::clamp<std::int64_t>(block.geometry->last_visible_key(i) + 1 - key_start, 0, key_count);
-      std::fill(&scores(r, 0) + visible, &scores(r, 0) + key_count, negative_infinity);
-    }
-  }
-
-  FloatColumn running_max(work.running_max.data() + row_begin, row_count);
-  FloatColumn running_sum(work.running_sum.data() + row_begin, row_count);
-  FloatColumn shift(work.shift.data() + row_begin, row_count);
-  FloatColumn rescale(work.rescale.data() + row_begin, row_count);
-  for (std::int64_t r = 0; r < row_count; ++r) {
-    const float new_max = std::max(running_max(r), scores.row(r).maxCoeff() * scale);
-    // A row that has seen no key yet keeps max -inf; shifting by 0 then gives exp(-inf) = 0, not NaN.
-    shift(r) = new_max == negative_infinity ? 0.0f : new_max;
-    rescale(r) = std::exp(running_max(r) - shift(r));
-    running_max(r) = new_max;
-  }
-  scores.array() = ((scores.array() * scale).colwise() - shift).exp();
-  running_sum = running_sum * rescale + scores.array().rowwise().sum();
-
+  // Row by row, so every Eigen expression runs along a contiguous row and vectorises (a per-row
+  // shift broadcast across a row-major tile would fall back to scalar code, scalar expf included).
+  // Masked keys are the tail of each row (the causal limit); their probabilities are set to exactly
+  // 0 rather than computed as exp(-inf), which Eigen's vectorised exp returns as ~1e-38, not 0.
+  float* running_max = work.running_max.data() + row_begin;
+  float* running_sum = work.running_sum.data() + row_begin;
   FloatTile accumulators(work.accumulators.data() + row_begin * dim, row_count, dim);
-  accumulators.array().colwise() *= rescale;
+  for (std::int64_t r = 0; r < row_count; ++r) {
+    std::int64_t visible = key_count;
+    if (masked) {
+      const std::int64_t i = block.first_row + (row_begin + r) % block.rows_per_head;
+      visible = std::clamp<std::int64_t>(block.geometry->last_visible_key(i) + 1 - key_start, 0, key_count);
+    }
+    auto row = scores.row(r).array();
+    row.tail(key_count - visible).setZero();
+    if (visible == 0) continue;  // the row sees nothing here: its state is unchanged
+    auto seen = row.head(visible);
+    const float new_max = std::max(running_max[r], seen.maxCoeff() * scale);
+    // Once a row's max settles it rarely moves: skip the scalar exp and the rescaling then. A row's
+    // first keys rescale its empty state by exp(-inf) = 0.
+    const float rescale = running_max[r] == new_max ? 1.0f : std::exp(running_max[r] - new_max);
+    running_max[r] = new_max;
+    seen = (seen * scale - new_max).exp();
+    running_sum[r] = running_sum[r] * rescale + seen.sum();
+    if (rescale != 1.0f) accumulators.row(r) *= rescale;
+  }
   accumulators.noalias() += scores * values;
 }
 
