@@ -57,4 +57,11 @@ if has bench; then
   PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
     --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
+if has profile; then
+  timeout 300 ncu -k regex:block_sparse_prefill --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+    python3 bench/gpu/profile_prefill.py $BUILD/bench/gpu/libseer_bench_prefill_capi.so >"$OUT/ncu.log" 2>&1
+  echo "ncu: rc=$?"
+  grep -E 'Throughput|Busy|Pipe|Stall|Occupancy|Warp Cycles|Hit Rate|Bandwidth|Duration|Issued|Eligible' "$OUT/ncu.log" | head -90
+fi
 exit $status

@@ -59,8 +59,8 @@ void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std
   using Traits = gpu::PrefillTraits<T, HeadDim>;
   auto* kernel = &gpu::block_sparse_prefill_kernel<T, HeadDim>;
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
-  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(batch),
-                  static_cast<unsigned>(params.max_query_tiles));
+  const dim3 grid(static_cast<unsigned>(params.max_query_tiles), static_cast<unsigned>(heads),
+                  static_cast<unsigned>(batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
   gpu::vendor::check_last_launch("block_sparse_prefill_kernel launch");
 }
@@ -80,12 +80,11 @@ void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, 
   detail::require_vector_aligned(v, "v");
   detail::require_vector_aligned(out, "out");
   require(q.batch <= 65535, "q", "batch is ", q.batch, ", at most 65535 sequences per call");
-  require(q.heads <= 2147483647, "q", "has ", q.heads, " heads, too many for one grid");
+  require(q.heads <= 65535, "q", "has ", q.heads, " heads, at most 65535 per call");
 
   constexpr std::int64_t kTile = 64;
   const std::int64_t max_query_tiles = (q.max_length + kTile - 1) / kTile;
-  require(max_query_tiles <= 65535, "q", "max_length ", q.max_length, " exceeds the ", 65535 * kTile,
-          " tokens one call handles");
+  require(max_query_tiles <= 2147483647, "q", "max_length ", q.max_length, " is too long for one grid");
 
   gpu::PrefillParams<T> params;
   params.q = q;

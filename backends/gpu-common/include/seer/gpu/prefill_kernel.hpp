@@ -38,43 +38,59 @@ struct PrefillParams {
   bool causal = true;
   std::int64_t group = 1;            // query heads per KV head
   std::int64_t tiles_per_block = 1;  // BlockSet block_size / tile size
-  std::int64_t max_query_tiles = 0;  // grid z extent: tiles of the longest query sequence
+  std::int64_t max_query_tiles = 0;  // grid x extent: tiles of the longest query sequence
   float scale_log2 = 0.0f;           // softmax_scale * log2(e)
 };
 
 // Tile shapes and shared-memory budget per head dim. The primary template is the one to
 // instantiate; kSupported guards the head dims the fragment loops are written for.
+//
+// Each warp owns kRowBlocks m16 row blocks of the 64-row query tile. Two row blocks (32 rows, 2 warps
+// per CTA) halve the shared-memory reads per multiply: every K/V fragment loaded by ldmatrix feeds
+// four mma instead of two, which is what limits a 16-rows-per-warp kernel on Hopper's mma.sync path.
+// Head dim 256 keeps one row block: its fp32 output alone would take 256 registers per thread.
 template <class T, int HeadDim>
 struct PrefillTraits {
   static constexpr bool kSupported = HeadDim == 64 || HeadDim == 128 || HeadDim == 256;
   static_assert(kSupported, "the prefill kernel supports head dims 64, 128 and 256");
   static constexpr int kTileRows = 64;  // query rows per CTA = keys per tile = smallest block size
-  static constexpr int kWarps = 4;
-  static constexpr int kRowsPerWarp = kTileRows / kWarps;  // one m16 fragment row block
-  static_assert(kRowsPerWarp == 16, "one mma m16 row block per warp");
+  static constexpr int kRowBlocks = HeadDim <= 128 ? 2 : 1;
+  static constexpr int kRowsPerWarp = 16 * kRowBlocks;
+  static constexpr int kWarps = kTileRows / kRowsPerWarp;
   static constexpr int kThreads = kWarps * vendor::warp_size;
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
   static constexpr int kTileElements = kTileRows * HeadDim;
-  // Q fragments in registers cost HeadDim / 4 registers per thread: affordable up to 128.
-  static constexpr bool kQueryInRegisters = HeadDim <= 128;
-  static constexpr int kSharedBytes = 5 * kTileElements * static_cast<int>(sizeof(T));  // Q, 2 x K, 2 x V
-  static constexpr int kMinBlocksPerMultiprocessor = HeadDim <= 128 ? 2 : 1;
+  // Q fragments in registers cost kRowBlocks * HeadDim / 4 registers per thread; above 32 they
+  // crowd out the accumulators, and the fragments are re-read from shared memory instead.
+  static constexpr bool kQueryInRegisters = kRowBlocks * HeadDim <= 128;
+  // Q, K and V tiles, one buffer each: V[i] is copied during Q*K[i]^T and K[i+1] during P*V[i].
+  static constexpr int kSharedBytes = 3 * kTileElements * static_cast<int>(sizeof(T));
+  static constexpr int kMinBlocksPerMultiprocessor = HeadDim <= 128 ? 4 : 2;
 };
 
 namespace detail {
 
 // Asynchronously copies `valid_rows` rows of a 64 x HeadDim tile (zero-filling the rest) into a
-// swizzled shared tile. Rows are `row_stride` elements apart in global memory.
+// swizzled shared tile. Rows are `row_stride` elements apart in global memory. Each thread keeps one
+// chunk column and walks down the rows, so the global address advances by one add per copy (the
+// address arithmetic of a generic index loop cost a quarter of the issue slots).
 template <class Traits, class T>
 __device__ inline void load_tile_async(T* shared_tile, const T* first_row, std::int64_t row_stride,
                                        std::int64_t valid_rows) {
-  constexpr int kChunks = Traits::kTileRows * Traits::kChunksPerRow;
-  for (int index = static_cast<int>(threadIdx.x); index < kChunks; index += Traits::kThreads) {
-    const int row = index / Traits::kChunksPerRow;
-    const int chunk = index % Traits::kChunksPerRow;
+  static_assert(Traits::kThreads % Traits::kChunksPerRow == 0, "threads must cover whole rows");
+  constexpr int kRowsPerPass = Traits::kThreads / Traits::kChunksPerRow;
+  static_assert(Traits::kTileRows % kRowsPerPass == 0, "passes must cover the tile");
+  const int chunk = static_cast<int>(threadIdx.x) % Traits::kChunksPerRow;
+  const int first = static_cast<int>(threadIdx.x) / Traits::kChunksPerRow;
+  const T* source = first_row + first * row_stride + chunk * 8;
+  const std::int64_t pass_stride = kRowsPerPass * row_stride;
+#pragma unroll
+  for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+    const int row = first + pass * kRowsPerPass;
     const bool valid = row < valid_rows;
-    const T* source = valid ? first_row + static_cast<std::int64_t>(row) * row_stride + chunk * 8 : first_row;
-    vendor::copy_async_16_bytes(shared_tile + swizzled_offset<Traits::kChunksPerRow>(row, chunk), source, valid);
+    vendor::copy_async_16_bytes(shared_tile + swizzled_offset<Traits::kChunksPerRow>(row, chunk),
+                                valid ? source : first_row, valid);
+    source += pass_stride;
   }
 }
 
@@ -106,17 +122,20 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   using Traits = PrefillTraits<T, HeadDim>;
   using Mma = matrix_multiply_accumulate<T>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
+  constexpr int kRowBlocks = Traits::kRowBlocks;
   constexpr int kKeyFragments = Traits::kTileRows / 8;  // n8 accumulator tiles of the 64-key score row
   constexpr int kDimFragments = HeadDim / 8;            // n8 accumulator tiles of the output row
   constexpr int kDimSteps = HeadDim / 16;               // k16 steps of Q * K^T
   constexpr float kLn2 = 0.6931471805599453f;
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  const std::int64_t head = blockIdx.x;
-  const std::int64_t sequence = blockIdx.y;
-  // Highest query tiles first: under causal masking they have the most keys, so the longest CTAs
-  // start in the first wave and the short ones fill the tail.
-  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(blockIdx.z);
+  // Grid (query tile, head, sequence), x fastest: the CTAs in flight together are mostly the query
+  // tiles of one head, which read the same K/V (one head's K/V at 32k tokens, 16 MiB, stays in L2;
+  // all heads' would not). Highest query tiles first: under causal masking they have the most keys,
+  // so the longest CTAs start early and the short ones fill the tail.
+  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(blockIdx.x);
+  const std::int64_t head = blockIdx.y;
+  const std::int64_t sequence = blockIdx.z;
 
   const BlockGeometry tiles{params.q.length(sequence), params.k.length(sequence), Traits::kTileRows, params.causal};
   if (query_tile >= tiles.query_blocks()) return;
@@ -138,40 +157,37 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
   extern __shared__ __align__(128) unsigned char shared_bytes[];
-  T* shared_query = reinterpret_cast<T*>(shared_bytes);
-  // Buffers are addressed arithmetically: an array of two pointers indexed at run time would live in
-  // local memory.
-  T* const shared_keys = shared_query + Traits::kTileElements;        // buffer b at + 2 * b * tile
-  T* const shared_values = shared_query + 2 * Traits::kTileElements;  // buffer b at + 2 * b * tile
+  T* const shared_query = reinterpret_cast<T*>(shared_bytes);
+  T* const shared_keys = shared_query + Traits::kTileElements;
+  T* const shared_values = shared_query + 2 * Traits::kTileElements;
 
   const std::int64_t first_query = query_tile * Traits::kTileRows;
   const std::int64_t query_rows =
       tiles.q_len - first_query < Traits::kTileRows ? tiles.q_len - first_query : Traits::kTileRows;
   const std::int64_t key_length = tiles.k_len;
 
-  detail::load_tile_async<Traits>(shared_query, params.q.vector(sequence, first_query, head), params.q.token_stride,
-                                  query_rows);
-  vendor::commit_async_copies();
-
-  auto load_key_value_tile = [&](std::int64_t tile, int buffer) {
+  auto load_keys = [&](std::int64_t tile) {
     const std::int64_t first_key = tile * Traits::kTileRows;
-    const std::int64_t rows = key_length - first_key;
-    const int offset = 2 * buffer * Traits::kTileElements;
-    detail::load_tile_async<Traits>(shared_keys + offset, params.k.vector(sequence, first_key, kv_head),
-                                    params.k.token_stride, rows);
-    detail::load_tile_async<Traits>(shared_values + offset, params.v.vector(sequence, first_key, kv_head),
-                                    params.v.token_stride, rows);
+    detail::load_tile_async<Traits>(shared_keys, params.k.vector(sequence, first_key, kv_head), params.k.token_stride,
+                                    key_length - first_key);
+  };
+  auto load_values = [&](std::int64_t tile) {
+    const std::int64_t first_key = tile * Traits::kTileRows;
+    detail::load_tile_async<Traits>(shared_values, params.v.vector(sequence, first_key, kv_head), params.v.token_stride,
+                                    key_length - first_key);
   };
 
+  detail::load_tile_async<Traits>(shared_query, params.q.vector(sequence, first_query, head), params.q.token_stride,
+                                  query_rows);
   std::int64_t step = 0;
   std::int64_t tile = schedule.tile(step);
-  if (tile >= 0) load_key_value_tile(tile, 0);
+  if (tile >= 0) load_keys(tile);
   vendor::commit_async_copies();
 
   const int lane = vendor::lane_index();
   const int warp = vendor::warp_index();
   const int warp_row = warp * Traits::kRowsPerWarp;
-  const int group_row = lane / 4;     // g: accumulator rows g and g + 8
+  const int group_row = lane / 4;     // g: accumulator rows g and g + 8 of each row block
   const int group_column = lane % 4;  // t: accumulator columns 2t, 2t + 1
 
   // ldmatrix row addresses. Q (A operand, x4): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15).
@@ -184,155 +200,201 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   const int value_ldm_row = (lane % 8) + 8 * ((lane / 8) % 2);
   const int value_ldm_chunk = lane / 16;
 
-  vendor::wait_async_copies<1>();  // Q has landed (the first K/V tile may still be in flight)
-  __syncthreads();
+  auto load_query_fragment = [&](std::uint32_t(&fragment)[4], int row_block, int step_d) {
+    load_matrix_x4(fragment, shared_query + swizzled_offset<kChunksPerRow>(query_ldm_row + 16 * row_block,
+                                                                           2 * step_d + query_ldm_chunk));
+  };
 
-  std::uint32_t query_fragments[Traits::kQueryInRegisters ? kDimSteps : 1][4];
-  if constexpr (Traits::kQueryInRegisters) {
+  std::uint32_t query_fragments[Traits::kQueryInRegisters ? kRowBlocks : 1][Traits::kQueryInRegisters ? kDimSteps : 1]
+                               [4];
+  float output[kRowBlocks][kDimFragments][4];
 #pragma unroll
-    for (int step_d = 0; step_d < kDimSteps; ++step_d)
-      load_matrix_x4(query_fragments[step_d],
-                     shared_query + swizzled_offset<kChunksPerRow>(query_ldm_row, 2 * step_d + query_ldm_chunk));
+  for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+    for (int f = 0; f < kDimFragments; ++f)
+      output[rb][f][0] = output[rb][f][1] = output[rb][f][2] = output[rb][f][3] = 0.0f;
+  float running_max[kRowBlocks][2];  // scaled log2 units
+  float running_sum[kRowBlocks][2];  // this lane's partial sums
+#pragma unroll
+  for (int rb = 0; rb < kRowBlocks; ++rb) {
+    running_max[rb][0] = running_max[rb][1] = negative_infinity;
+    running_sum[rb][0] = running_sum[rb][1] = 0.0f;
   }
 
-  float output[kDimFragments][4];
+  vendor::wait_async_copies<0>();  // Q and the first K tile have landed
+  __syncthreads();
+  if constexpr (Traits::kQueryInRegisters) {
 #pragma unroll
-  for (int f = 0; f < kDimFragments; ++f) output[f][0] = output[f][1] = output[f][2] = output[f][3] = 0.0f;
-  float running_max[2] = {negative_infinity, negative_infinity};  // scaled log2 units
-  float running_sum[2] = {0.0f, 0.0f};                            // this lane's partial sums
+    for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+      for (int step_d = 0; step_d < kDimSteps; ++step_d) load_query_fragment(query_fragments[rb][step_d], rb, step_d);
+  }
 
-  int buffer = 0;
+  bool first_iteration = true;
   while (tile >= 0) {
-    const std::int64_t next_tile = schedule.tile(step + 1);
-    if (next_tile >= 0) load_key_value_tile(next_tile, buffer ^ 1);
+    if (!first_iteration) {
+      vendor::wait_async_copies<0>();  // K[i] has landed
+      __syncthreads();                 // ... for every thread; and every warp is done with V[i-1]
+    }
+    first_iteration = false;
+    load_values(tile);
     vendor::commit_async_copies();
-    vendor::wait_async_copies<1>();  // the current tile has landed
-    __syncthreads();
 
-    // ---- scores = Q * K^T (16 rows x 64 keys per warp) ----
-    float scores[kKeyFragments][4];
+    // ---- scores = Q * K^T (kRowBlocks x 16 rows x 64 keys per warp) ----
+    float scores[kRowBlocks][kKeyFragments][4];
 #pragma unroll
-    for (int f = 0; f < kKeyFragments; ++f) scores[f][0] = scores[f][1] = scores[f][2] = scores[f][3] = 0.0f;
-    const T* keys = shared_keys + 2 * buffer * Traits::kTileElements;
+    for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f)
+        scores[rb][f][0] = scores[rb][f][1] = scores[rb][f][2] = scores[rb][f][3] = 0.0f;
 #pragma unroll
     for (int step_d = 0; step_d < kDimSteps; ++step_d) {
-      std::uint32_t a[4];
-      if constexpr (Traits::kQueryInRegisters) {
+      std::uint32_t a[kRowBlocks][4];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = query_fragments[step_d][r];
-      } else {
-        load_matrix_x4(a, shared_query + swizzled_offset<kChunksPerRow>(query_ldm_row, 2 * step_d + query_ldm_chunk));
+      for (int rb = 0; rb < kRowBlocks; ++rb) {
+        if constexpr (Traits::kQueryInRegisters) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[rb][r] = query_fragments[rb][step_d][r];
+        } else {
+          load_query_fragment(a[rb], rb, step_d);
+        }
       }
 #pragma unroll
       for (int pair = 0; pair < kKeyFragments / 2; ++pair) {
         std::uint32_t b[4];
-        load_matrix_x4(b, keys + swizzled_offset<kChunksPerRow>(16 * pair + key_ldm_row, 2 * step_d + key_ldm_chunk));
-        Mma::run(scores[2 * pair], a, b[0], b[1]);
-        Mma::run(scores[2 * pair + 1], a, b[2], b[3]);
+        load_matrix_x4(
+            b, shared_keys + swizzled_offset<kChunksPerRow>(16 * pair + key_ldm_row, 2 * step_d + key_ldm_chunk));
+#pragma unroll
+        for (int rb = 0; rb < kRowBlocks; ++rb) {
+          Mma::run(scores[rb][2 * pair], a[rb], b[0], b[1]);
+          Mma::run(scores[rb][2 * pair + 1], a[rb], b[2], b[3]);
+        }
       }
     }
 
     // ---- mask: only tiles on the causal boundary or the ragged tail ----
+    // visible(i, j) is j <= last_visible_key(i) (which never exceeds k_len - 1); comparing against
+    // the row's limit relative to the tile keeps the per-element test in 32-bit registers.
     if (tile >= first_masked_tile) {
       const std::int64_t first_key = tile * Traits::kTileRows;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const std::int64_t query_index = first_query + warp_row + group_row + 8 * half;
+      for (int rb = 0; rb < kRowBlocks; ++rb)
 #pragma unroll
-        for (int f = 0; f < kKeyFragments; ++f)
+        for (int half = 0; half < 2; ++half) {
+          const std::int64_t query_index = first_query + warp_row + 16 * rb + group_row + 8 * half;
+          const std::int64_t limit = tiles.last_visible_key(query_index) - first_key;
+          const int last_visible =
+              limit < -1 ? -1 : (limit > Traits::kTileRows ? Traits::kTileRows : static_cast<int>(limit));
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const std::int64_t key_index = first_key + 8 * f + 2 * group_column + c;
-            if (!tiles.visible(query_index, key_index)) scores[f][2 * half + c] = negative_infinity;
-          }
-      }
+          for (int f = 0; f < kKeyFragments; ++f)
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+              if (8 * f + 2 * group_column + c > last_visible) scores[rb][f][2 * half + c] = negative_infinity;
+        }
     }
 
     // ---- online softmax (base 2; running_max is in units of scale * log2(e)) ----
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float tile_max = negative_infinity;
+    for (int rb = 0; rb < kRowBlocks; ++rb)
 #pragma unroll
-      for (int f = 0; f < kKeyFragments; ++f)
-        tile_max = fmaxf(tile_max, fmaxf(scores[f][2 * half], scores[f][2 * half + 1]));
-      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
-      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
-      const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
-      // A row that has seen only masked keys keeps max -inf; subtracting 0 then keeps every
-      // exponent -inf (probability 0) instead of producing -inf - (-inf) = NaN.
-      const float base = new_max == negative_infinity ? 0.0f : new_max;
-      const float rescale = vendor::fast_exp2(running_max[half] - base);
-      running_max[half] = new_max;
-      float tile_sum = 0.0f;
+      for (int half = 0; half < 2; ++half) {
+        float tile_max = negative_infinity;
 #pragma unroll
-      for (int f = 0; f < kKeyFragments; ++f)
+        for (int f = 0; f < kKeyFragments; ++f)
+          tile_max = fmaxf(tile_max, fmaxf(scores[rb][f][2 * half], scores[rb][f][2 * half + 1]));
+        tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
+        tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
+        const float new_max = fmaxf(running_max[rb][half], tile_max * params.scale_log2);
+        // A row that has seen only masked keys keeps max -inf; subtracting 0 then keeps every
+        // exponent -inf (probability 0) instead of producing -inf - (-inf) = NaN.
+        const float base = new_max == negative_infinity ? 0.0f : new_max;
+        const float rescale = vendor::fast_exp2(running_max[rb][half] - base);
+        running_max[rb][half] = new_max;
+        float tile_sum = 0.0f;
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float probability = vendor::fast_exp2(fmaf(scores[f][2 * half + c], params.scale_log2, -base));
-          scores[f][2 * half + c] = probability;
-          tile_sum += probability;
+        for (int f = 0; f < kKeyFragments; ++f)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float probability = vendor::fast_exp2(fmaf(scores[rb][f][2 * half + c], params.scale_log2, -base));
+            scores[rb][f][2 * half + c] = probability;
+            tile_sum += probability;
+          }
+        running_sum[rb][half] = running_sum[rb][half] * rescale + tile_sum;
+#pragma unroll
+        for (int f = 0; f < kDimFragments; ++f) {
+          output[rb][f][2 * half] *= rescale;
+          output[rb][f][2 * half + 1] *= rescale;
         }
-      running_sum[half] = running_sum[half] * rescale + tile_sum;
-#pragma unroll
-      for (int f = 0; f < kDimFragments; ++f) {
-        output[f][2 * half] *= rescale;
-        output[f][2 * half + 1] *= rescale;
       }
+
+    vendor::wait_async_copies<0>();  // V[i] has landed
+    __syncthreads();                 // ... for every thread; and every warp is done with K[i]
+    const std::int64_t next_tile = schedule.tile(step + 1);
+    if (next_tile >= 0) {
+      load_keys(next_tile);
+      vendor::commit_async_copies();
     }
 
     // ---- output += P * V ----
-    const T* values = shared_values + 2 * buffer * Traits::kTileElements;
 #pragma unroll
     for (int step_k = 0; step_k < Traits::kTileRows / 16; ++step_k) {
-      const std::uint32_t a[4] = {
-          vendor::element_traits<T>::pack(scores[2 * step_k][0], scores[2 * step_k][1]),
-          vendor::element_traits<T>::pack(scores[2 * step_k][2], scores[2 * step_k][3]),
-          vendor::element_traits<T>::pack(scores[2 * step_k + 1][0], scores[2 * step_k + 1][1]),
-          vendor::element_traits<T>::pack(scores[2 * step_k + 1][2], scores[2 * step_k + 1][3])};
+      std::uint32_t a[kRowBlocks][4];
+#pragma unroll
+      for (int rb = 0; rb < kRowBlocks; ++rb) {
+        a[rb][0] = vendor::element_traits<T>::pack(scores[rb][2 * step_k][0], scores[rb][2 * step_k][1]);
+        a[rb][1] = vendor::element_traits<T>::pack(scores[rb][2 * step_k][2], scores[rb][2 * step_k][3]);
+        a[rb][2] = vendor::element_traits<T>::pack(scores[rb][2 * step_k + 1][0], scores[rb][2 * step_k + 1][1]);
+        a[rb][3] = vendor::element_traits<T>::pack(scores[rb][2 * step_k + 1][2], scores[rb][2 * step_k + 1][3]);
+      }
 #pragma unroll
       for (int pair = 0; pair < kDimFragments / 2; ++pair) {
         std::uint32_t b[4];
         load_matrix_x4_transposed(
-            b, values + swizzled_offset<kChunksPerRow>(16 * step_k + value_ldm_row, 2 * pair + value_ldm_chunk));
-        Mma::run(output[2 * pair], a, b[0], b[1]);
-        Mma::run(output[2 * pair + 1], a, b[2], b[3]);
+            b, shared_values + swizzled_offset<kChunksPerRow>(16 * step_k + value_ldm_row, 2 * pair + value_ldm_chunk));
+#pragma unroll
+        for (int rb = 0; rb < kRowBlocks; ++rb) {
+          Mma::run(output[rb][2 * pair], a[rb], b[0], b[1]);
+          Mma::run(output[rb][2 * pair + 1], a[rb], b[2], b[3]);
+        }
       }
     }
 
-    __syncthreads();  // every warp is done with this buffer before the next iteration refills it
-    buffer ^= 1;
     ++step;
     tile = next_tile;
   }
   vendor::wait_async_copies<0>();  // no copy may still target shared memory when the CTA exits
 
-  // ---- epilogue: normalise, stage the warp's 16 rows in its own rows of the Q tile, store ----
-  float log_sum_exp[2];
+  // ---- epilogue: normalise, stage the warp's rows in its own rows of the Q tile, store ----
+  float log_sum_exp[kRowBlocks][2];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = running_sum[half];
-    sum += vendor::shuffle_xor(sum, 1);
-    sum += vendor::shuffle_xor(sum, 2);
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row with no visible kept key gives 0
+  for (int rb = 0; rb < kRowBlocks; ++rb)
 #pragma unroll
-    for (int f = 0; f < kDimFragments; ++f) {
-      output[f][2 * half] *= inverse;
-      output[f][2 * half + 1] *= inverse;
+    for (int half = 0; half < 2; ++half) {
+      float sum = running_sum[rb][half];
+      sum += vendor::shuffle_xor(sum, 1);
+      sum += vendor::shuffle_xor(sum, 2);
+      const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row with no visible kept key gives 0
+#pragma unroll
+      for (int f = 0; f < kDimFragments; ++f) {
+        output[rb][f][2 * half] *= inverse;
+        output[rb][f][2 * half + 1] *= inverse;
+      }
+      log_sum_exp[rb][half] = sum > 0.0f ? (running_max[rb][half] + __log2f(sum)) * kLn2 : negative_infinity;
     }
-    log_sum_exp[half] = sum > 0.0f ? (running_max[half] + __log2f(sum)) * kLn2 : negative_infinity;
-  }
 
-  vendor::sync_warp();  // the warp's own Q rows are no longer read (Q-in-shared-memory variant)
+  vendor::sync_warp();  // the warp's own Q rows are no longer read
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = warp_row + group_row + 8 * half;
+  for (int rb = 0; rb < kRowBlocks; ++rb)
 #pragma unroll
-    for (int f = 0; f < kDimFragments; ++f) {
-      const int column = 8 * f + 2 * group_column;
-      *reinterpret_cast<std::uint32_t*>(shared_query + swizzled_offset<kChunksPerRow>(row, column / 8) + column % 8) =
-          vendor::element_traits<T>::pack(output[f][2 * half], output[f][2 * half + 1]);
+    for (int half = 0; half < 2; ++half) {
+      const int row = warp_row + 16 * rb + group_row + 8 * half;
+#pragma unroll
+      for (int f = 0; f < kDimFragments; ++f) {
+        const int column = 8 * f + 2 * group_column;
+        *reinterpret_cast<std::uint32_t*>(shared_query + swizzled_offset<kChunksPerRow>(row, column / 8) + column % 8) =
+            vendor::element_traits<T>::pack(output[rb][f][2 * half], output[rb][f][2 * half + 1]);
+      }
     }
-  }
   vendor::sync_warp();
 
   constexpr int kWarpChunks = Traits::kRowsPerWarp * kChunksPerRow;
@@ -349,11 +411,14 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   if (params.lse != nullptr && group_column == 0) {
     const std::int64_t first_token = params.q.start(sequence) + first_query;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = warp_row + group_row + 8 * half;
-      if (row < query_rows)
-        params.lse[head * params.lse_head_stride + (first_token + row) * params.lse_token_stride] = log_sum_exp[half];
-    }
+    for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_row + 16 * rb + group_row + 8 * half;
+        if (row < query_rows)
+          params.lse[head * params.lse_head_stride + (first_token + row) * params.lse_token_stride] =
+              log_sum_exp[rb][half];
+      }
   }
 }
 
