@@ -4,12 +4,12 @@
 // BlockGeometry, empty rows give output 0 and log-sum-exp -inf); only the arithmetic differs: fp32
 // tiles and fp32 accumulation, FlashAttention-style.
 //
-// Work is split into items (sequence b, KV head, query block m), run in parallel with heaviest rows
-// first. One item handles all g = Hq / Hkv query heads of the KV head at once: their query rows are
-// stacked into one [g * rows, D] tile, so each K/V block is loaded (and converted from 16-bit types)
-// once per item and, where the heads keep the same block, multiplied in one larger matrix product.
-// Key blocks are visited in ascending order, the union of the kept blocks of the group's heads; for
-// each block the contiguous runs of heads that keep it are processed together. Per run:
+// Work is split into items (sequence b, KV head, query block m), handed out dynamically to the
+// worker threads, heaviest rows of each head first. One item handles all g = Hq / Hkv query heads of the KV head at
+// once: their query rows are stacked into one [g * rows, D] tile, so each K/V block is loaded (and converted from
+// 16-bit types) once per item and, where the heads keep the same block, multiplied in one larger matrix product. Key
+// blocks are visited in ascending order, the union of the kept blocks of the group's heads; for each block the
+// contiguous runs of heads that keep it are processed together. Per run:
 //     S = Q K^T (Eigen GEMM), running max/sum update over the visible keys of each row,
 //     P = exp(scale * S - max) (0 where masked), O = O * exp(old max - new max) + P V.
 // Only key blocks at or past BlockGeometry::first_masked_key_block(m) (the causal boundary and a
@@ -18,6 +18,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -234,15 +235,24 @@ void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, 
   std::vector<std::int32_t> every_key_block(static_cast<std::size_t>(most_key_blocks));
   std::iota(every_key_block.begin(), every_key_block.end(), 0);
 
-  parallel_for(item_offsets.back(), threads, [&](std::int64_t item) {
-    const std::int64_t b = std::upper_bound(item_offsets.begin(), item_offsets.end(), item) - item_offsets.begin() - 1;
-    const std::int64_t local = item - item_offsets[b];
-    const BlockGeometry& geometry = geometries[b];
-    // Causal rows grow with m: hand out the longest (last) query blocks first so the tail balances.
-    const std::int64_t m = geometry.query_blocks() - 1 - local / k.heads;
-    const std::int64_t kv_head = local % k.heads;
+  // One task per worker thread, each with its own workspace (allocated once, not per item), pulling
+  // items from a shared counter so uneven items still balance.
+  const std::int64_t items = item_offsets.back();
+  const int workers = static_cast<int>(std::min<std::int64_t>(threads > 0 ? threads : default_thread_count(), items));
+  std::atomic<std::int64_t> next_item{0};
+  parallel_for(workers, workers, [&](std::int64_t) {
     detail::AttentionWorkspace work(group, block_size, q.head_dim);
-    detail::attend_query_block(q, k, v, blocks, geometry, every_key_block, scale, b, kv_head, m, out, lse, work);
+    for (std::int64_t item = next_item++; item < items; item = next_item++) {
+      const std::int64_t b =
+          std::upper_bound(item_offsets.begin(), item_offsets.end(), item) - item_offsets.begin() - 1;
+      const std::int64_t local = item - item_offsets[b];
+      const BlockGeometry& geometry = geometries[b];
+      // KV head outermost, so threads working at the same time share one head's K/V in cache; within
+      // a head the longest (last, under causality) query blocks go first so the tail balances.
+      const std::int64_t kv_head = local / geometry.query_blocks();
+      const std::int64_t m = geometry.query_blocks() - 1 - local % geometry.query_blocks();
+      detail::attend_query_block(q, k, v, blocks, geometry, every_key_block, scale, b, kv_head, m, out, lse, work);
+    }
   });
 }
 
