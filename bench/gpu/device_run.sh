@@ -31,8 +31,14 @@ if has build; then
   echo "build: ok in $((SECONDS - start)) s"
 fi
 
-if has ptxas; then
-  grep -E 'registers|spill' "$OUT/build.log" | sort | uniq -c | head -20
+if has sass; then
+  # Where local-memory spills sit relative to the tensor-core loop of the head-dim-128 bf16 kernel.
+  cuobjdump -sass -fun '_ZN4seer3gpu27block_sparse_prefill_kernelINS_8bfloat16ELi128EEEvNS0_13PrefillParamsIT_EE' \
+    $BUILD/bench/gpu/libseer_bench_prefill_capi.so >"$OUT/sass_bf16_128.txt" 2>&1
+  echo "sass lines: $(wc -l <"$OUT/sass_bf16_128.txt"), HMMA $(grep -c HMMA "$OUT/sass_bf16_128.txt"),"\
+    "LDL $(grep -c LDL "$OUT/sass_bf16_128.txt"), STL $(grep -c STL "$OUT/sass_bf16_128.txt"),"\
+    "LDSM $(grep -c LDSM "$OUT/sass_bf16_128.txt"), LDGSTS $(grep -c LDGSTS "$OUT/sass_bf16_128.txt"),"\
+    "MUFU $(grep -c MUFU "$OUT/sass_bf16_128.txt"), BAR $(grep -c 'BAR' "$OUT/sass_bf16_128.txt")"
 fi
 
 if has test; then

@@ -84,11 +84,17 @@ __device__ inline void load_tile_async(T* shared_tile, const T* first_row, std::
   const int first = static_cast<int>(threadIdx.x) / Traits::kChunksPerRow;
   const T* source = first_row + first * row_stride + chunk * 8;
   const std::int64_t pass_stride = kRowsPerPass * row_stride;
+  // The swizzle of row first + pass * kRowsPerPass depends only on (pass * kRowsPerPass) % 8: written
+  // this way the destinations are one register plus compile-time offsets (16 separately computed
+  // addresses were hoisted out of the key loop and spilled).
+  T* const destination_row = shared_tile + first * Traits::kChunksPerRow * 8;
+  const int first_low_bits = first & 7;
 #pragma unroll
   for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
     const int row = first + pass * kRowsPerPass;
     const bool valid = row < valid_rows;
-    vendor::copy_async_16_bytes(shared_tile + swizzled_offset<Traits::kChunksPerRow>(row, chunk),
+    const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
+    vendor::copy_async_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8,
                                 valid ? source : first_row, valid);
     source += pass_stride;
   }
@@ -199,10 +205,12 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   // V (B operand of P*V, x4 transposed): keys (0-7 | 8-15) x dims (0-7 | 8-15).
   const int value_ldm_row = (lane % 8) + 8 * ((lane / 8) % 2);
   const int value_ldm_chunk = lane / 16;
+  const int lane_low_bits = lane % 8;  // row % 8 of every ldmatrix row address above
 
   auto load_query_fragment = [&](std::uint32_t(&fragment)[4], int row_block, int step_d) {
-    load_matrix_x4(fragment, shared_query + swizzled_offset<kChunksPerRow>(query_ldm_row + 16 * row_block,
-                                                                           2 * step_d + query_ldm_chunk));
+    load_matrix_x4(fragment,
+                   shared_query + swizzled_pair_offset<kChunksPerRow>(query_ldm_row + 16 * row_block, lane_low_bits,
+                                                                      step_d, query_ldm_chunk));
   };
 
   std::uint32_t query_fragments[Traits::kQueryInRegisters ? kRowBlocks : 1][Traits::kQueryInRegisters ? kDimSteps : 1]
@@ -262,8 +270,8 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
 #pragma unroll
       for (int pair = 0; pair < kKeyFragments / 2; ++pair) {
         std::uint32_t b[4];
-        load_matrix_x4(
-            b, shared_keys + swizzled_offset<kChunksPerRow>(16 * pair + key_ldm_row, 2 * step_d + key_ldm_chunk));
+        load_matrix_x4(b, shared_keys + swizzled_pair_offset<kChunksPerRow>(16 * pair + key_ldm_row, lane_low_bits,
+                                                                            step_d, key_ldm_chunk));
 #pragma unroll
         for (int rb = 0; rb < kRowBlocks; ++rb) {
           Mma::run(scores[rb][2 * pair], a[rb], b[0], b[1]);
@@ -350,7 +358,8 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
       for (int pair = 0; pair < kDimFragments / 2; ++pair) {
         std::uint32_t b[4];
         load_matrix_x4_transposed(
-            b, shared_values + swizzled_offset<kChunksPerRow>(16 * step_k + value_ldm_row, 2 * pair + value_ldm_chunk));
+            b, shared_values + swizzled_pair_offset<kChunksPerRow>(16 * step_k + value_ldm_row, lane_low_bits, pair,
+                                                                   value_ldm_chunk));
 #pragma unroll
         for (int rb = 0; rb < kRowBlocks; ++rb) {
           Mma::run(output[rb][2 * pair], a[rb], b[0], b[1]);

@@ -22,6 +22,16 @@ __device__ inline int swizzled_offset(int row, int chunk) {
   return row * ChunksPerRow * 8 + ((chunk ^ (row & 7)) * 8);
 }
 
+// The same offset for chunk 2 * pair + half_chunk (pair a compile-time loop index, half_chunk 0 or 1,
+// row_low_bits == row % 8). The swizzle only permutes the low 3 bits of the chunk, so the high part
+// becomes a compile-time offset and a lane needs 4 address registers per operand instead of one per
+// pair (those extra registers were spilled in the key loop).
+template <int ChunksPerRow>
+__device__ inline int swizzled_pair_offset(int row, int row_low_bits, int pair, int half_chunk) {
+  static_assert(ChunksPerRow % 8 == 0, "the swizzle permutes chunks in groups of 8: rows need >= 64 elements");
+  return row * ChunksPerRow * 8 + (pair / 4) * 64 + (((2 * (pair % 4) + half_chunk) ^ row_low_bits) * 8);
+}
+
 // Four 8x8 matrices of 16-bit elements; lane l supplies the address of row l % 8 of matrix l / 8.
 __device__ inline void load_matrix_x4(std::uint32_t (&fragment)[4], const void* row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
