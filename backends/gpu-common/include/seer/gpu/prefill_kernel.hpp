@@ -111,10 +111,13 @@ struct KeyTileSchedule {
   // Tile of step s, or -1 when s is past the last useful step.
   __device__ std::int64_t tile(std::int64_t step) const {
     if (step >= steps) return -1;
-    const std::int64_t tile =
-        kept_blocks == nullptr
-            ? step
-            : static_cast<std::int64_t>(kept_blocks[step / tiles_per_block]) * tiles_per_block + step % tiles_per_block;
+    std::int64_t tile = step;
+    if (kept_blocks != nullptr) {
+      // Blocks of one tile (the common case) need no 64-bit division.
+      tile = tiles_per_block == 1 ? static_cast<std::int64_t>(kept_blocks[step])
+                                  : static_cast<std::int64_t>(kept_blocks[step / tiles_per_block]) * tiles_per_block +
+                                        step % tiles_per_block;
+    }
     return tile < visible_tiles ? tile : -1;  // ascending: once past the visible region, always past
   }
 };
@@ -247,6 +250,8 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
     first_iteration = false;
     load_values(tile);
     vendor::commit_async_copies();
+    // Read the next kept block index now: its global-memory latency then hides behind Q * K^T.
+    const std::int64_t next_tile = schedule.tile(step + 1);
 
     // ---- scores = Q * K^T (kRowBlocks x 16 rows x 64 keys per warp) ----
     float scores[kRowBlocks][kKeyFragments][4];
@@ -302,6 +307,8 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
     }
 
     // ---- online softmax (base 2; running_max is in units of scale * log2(e)) ----
+    float rescale[kRowBlocks][2];
+    bool max_unchanged = true;
 #pragma unroll
     for (int rb = 0; rb < kRowBlocks; ++rb)
 #pragma unroll
@@ -316,7 +323,8 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
         // A row that has seen only masked keys keeps max -inf; subtracting 0 then keeps every
         // exponent -inf (probability 0) instead of producing -inf - (-inf) = NaN.
         const float base = new_max == negative_infinity ? 0.0f : new_max;
-        const float rescale = vendor::fast_exp2(running_max[rb][half] - base);
+        rescale[rb][half] = vendor::fast_exp2(running_max[rb][half] - base);
+        max_unchanged = max_unchanged && new_max == running_max[rb][half];
         running_max[rb][half] = new_max;
         float tile_sum = 0.0f;
 #pragma unroll
@@ -327,17 +335,25 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
             scores[rb][f][2 * half + c] = probability;
             tile_sum += probability;
           }
-        running_sum[rb][half] = running_sum[rb][half] * rescale + tile_sum;
-#pragma unroll
-        for (int f = 0; f < kDimFragments; ++f) {
-          output[rb][f][2 * half] *= rescale;
-          output[rb][f][2 * half + 1] *= rescale;
-        }
+        running_sum[rb][half] = running_sum[rb][half] * rescale[rb][half] + tile_sum;
       }
+    // After the first few tiles the running maxima rarely move: skip the output rescale (HeadDim
+    // multiplies per row) when no row of the warp changed. An unchanged finite maximum means a
+    // rescale factor of exactly 1; an unchanged -inf means the output is still 0.
+    if (!vendor::warp_all(max_unchanged)) {
+#pragma unroll
+      for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+          for (int f = 0; f < kDimFragments; ++f) {
+            output[rb][f][2 * half] *= rescale[rb][half];
+            output[rb][f][2 * half + 1] *= rescale[rb][half];
+          }
+    }
 
     vendor::wait_async_copies<0>();  // V[i] has landed
     __syncthreads();                 // ... for every thread; and every warp is done with K[i]
-    const std::int64_t next_tile = schedule.tile(step + 1);
     if (next_tile >= 0) {
       load_keys(next_tile);
       vendor::commit_async_copies();

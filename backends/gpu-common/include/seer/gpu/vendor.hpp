@@ -62,6 +62,9 @@ __device__ inline float shuffle_xor(float value, int lane_offset) {
 
 __device__ inline void sync_warp() { __syncwarp(all_lanes); }
 
+// True when `predicate` holds in every lane of the warp (a warp-uniform answer for branching).
+__device__ inline bool warp_all(bool predicate) { return __all_sync(all_lanes, predicate) != 0; }
+
 __device__ inline int lane_index() { return static_cast<int>(threadIdx.x) % warp_size; }
 __device__ inline int warp_index() { return static_cast<int>(threadIdx.x) / warp_size; }
 
