@@ -89,6 +89,16 @@ __device__ inline void load_tile_async(T* shared_tile, const T* first_row, std::
   // addresses were hoisted out of the key loop and spilled).
   T* const destination_row = shared_tile + first * Traits::kChunksPerRow * 8;
   const int first_low_bits = first & 7;
+  if (valid_rows >= Traits::kTileRows) {  // every tile but a ragged tail: no predicates, no selects
+#pragma unroll
+    for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+      const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
+      vendor::copy_async_16_bytes(
+          destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8, source);
+      source += pass_stride;
+    }
+    return;
+  }
 #pragma unroll
   for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
     const int row = first + pass * kRowsPerPass;

@@ -120,6 +120,12 @@ __device__ inline void copy_async_16_bytes(void* shared_destination, const void*
                "l"(global_source), "r"(source_bytes));
 }
 
+// Unconditional form for tiles known to lie entirely inside the sequence.
+__device__ inline void copy_async_16_bytes(void* shared_destination, const void* global_source) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared_destination)),
+               "l"(global_source));
+}
+
 __device__ inline void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Waits until at most `Pending` committed groups are still in flight.
