@@ -1,0 +1,582 @@
+// Evaluates gates on a real model: bits per byte of the model with every layer's attention replaced
+// by seer (gate -> select_blocks -> cpu::block_sparse_attention, the sparse output continuing the
+// model), against dense attention, and per layer the share of the dense attention mass that each
+// gate's kept blocks capture.
+//
+// Gates: LearnedGate (a gate file from distill_gates), MeanPoolGate, OracleGate. Policies: TopK at
+// target densities, Threshold and Nucleus at settings calibrated on a window of the TRAINING half of
+// the first book to land near the same densities (the measured densities are reported). Selection
+// uses the library defaults: ForcedBlocks{} keeps the diagonal block of every row, nothing else.
+//
+// Windows: --windows-per-book windows of --tokens bytes from the SECOND half of each book (the
+// gates were distilled on the first halves). bits per byte = mean over all next-byte predictions of
+// a window, then the mean over windows.
+//
+// Captured mass (on the dense model's attention): for query block m of head h,
+// A[m, n] = mean over the rows i of block m of sum_{j in key block n} P_i[j]; a BlockSet captures
+// mean over (h, m) of sum_{kept n} A[m, n]. Its blocks are selected from the dense run's q and k.
+//
+// Writes results.md (tables), results.csv and bpb_vs_density.svg to --out-dir.
+//
+//   evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]
+//                  [--windows-per-book N] [--tokens N] [--densities 0.5,0.3] [--threads N] [--out-dir DIR]
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "llama_engine.hpp"
+#include "seer/cpu/block_sparse_attention.hpp"
+#include "seer/gate/learned_gate.hpp"
+#include "seer/gate/mean_pool_gate.hpp"
+#include "seer/gate/oracle_gate.hpp"
+#include "seer/selection/nucleus.hpp"
+#include "seer/selection/select_blocks.hpp"
+#include "seer/selection/threshold.hpp"
+#include "seer/selection/top_k.hpp"
+#include "seer/training/gate_file.hpp"
+#include "text_windows.hpp"
+
+namespace {
+
+struct Options {
+  std::string model = "../shared/data/models/gutenberg-byte-llama-8k";
+  std::string gates = "bench/gate_quality/learned_gates.safetensors";
+  std::string text_dir = "../shared/data/text";
+  std::string books = "10004.txt,10146.txt,10387.txt,10509.txt,11327.txt";
+  std::int64_t windows_per_book = 1;
+  std::int64_t tokens = 8192;
+  std::string densities = "0.5,0.3,0.2,0.1";
+  int threads = 0;
+  std::string out_dir = "bench/gate_quality";
+};
+
+[[noreturn]] void usage() {
+  std::fprintf(stderr,
+               "usage: evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]\n"
+               "                      [--windows-per-book N] [--tokens N] [--densities 0.5,0.3,...] [--threads N]\n"
+               "                      [--out-dir DIR]\n");
+  std::exit(2);
+}
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc) usage();
+    const std::string value = argv[++i];
+    if (flag == "--model") {
+      o.model = value;
+    } else if (flag == "--gates") {
+      o.gates = value;
+    } else if (flag == "--text-dir") {
+      o.text_dir = value;
+    } else if (flag == "--books") {
+      o.books = value;
+    } else if (flag == "--windows-per-book") {
+      o.windows_per_book = std::atoll(value.c_str());
+    } else if (flag == "--tokens") {
+      o.tokens = std::atoll(value.c_str());
+    } else if (flag == "--densities") {
+      o.densities = value;
+    } else if (flag == "--threads") {
+      o.threads = std::atoi(value.c_str());
+    } else if (flag == "--out-dir") {
+      o.out_dir = value;
+    } else {
+      usage();
+    }
+  }
+  seer::require(o.windows_per_book >= 1, "--windows-per-book", "is ", o.windows_per_book, ", expected >= 1");
+  seer::require(o.tokens >= 64, "--tokens", "is ", o.tokens, ", expected >= 64");
+  return o;
+}
+
+enum class GateKind { learned, mean_pool, oracle };
+enum class PolicyKind { dense, top_k, threshold, nucleus };
+
+const char* gate_name(GateKind gate) {
+  switch (gate) {
+    case GateKind::learned:
+      return "LearnedGate";
+    case GateKind::mean_pool:
+      return "MeanPoolGate";
+    case GateKind::oracle:
+      return "OracleGate";
+  }
+  return "?";
+}
+
+const char* policy_name(PolicyKind policy) {
+  switch (policy) {
+    case PolicyKind::dense:
+      return "dense";
+    case PolicyKind::top_k:
+      return "TopK";
+    case PolicyKind::threshold:
+      return "Threshold";
+    case PolicyKind::nucleus:
+      return "Nucleus";
+  }
+  return "?";
+}
+
+// One evaluated configuration and what was measured for it.
+struct Setting {
+  GateKind gate = GateKind::learned;
+  PolicyKind policy = PolicyKind::dense;
+  double parameter = 1.0;                               // TopK density, Threshold tau, Nucleus p
+  double target_density = 1.0;                          // the density it stands for
+  std::vector<double> bits;                             // per window
+  std::int64_t kept = 0, visible = 0;                   // seer run, all layers and windows
+  std::vector<double> captured_sum;                     // per layer, over windows (dense run)
+  std::vector<std::int64_t> layer_kept, layer_visible;  // per layer, dense-run selection
+
+  std::string label() const {
+    if (policy == PolicyKind::dense) return "dense attention";
+    char text[96];
+    const char* what = policy == PolicyKind::top_k ? "density" : policy == PolicyKind::threshold ? "tau" : "p";
+    std::snprintf(text, sizeof(text), "%s + %s (%s %.4g)", gate_name(gate), policy_name(policy), what, parameter);
+    return text;
+  }
+  double mean_bits() const {
+    double total = 0.0;
+    for (double b : bits) total += b;
+    return bits.empty() ? 0.0 : total / static_cast<double>(bits.size());
+  }
+  double density() const { return visible ? static_cast<double>(kept) / static_cast<double>(visible) : 1.0; }
+};
+
+// Every row of a gate's scores computed once, so many policies can select from them cheaply.
+class CachedScores {
+ public:
+  template <class Scores>
+  explicit CachedScores(const Scores& scores, int threads) : heads_(scores.heads()), sequences_(scores.sequences()) {
+    offsets_.push_back(0);
+    for (const auto& g : sequences_)
+      for (std::int64_t h = 0; h < heads_; ++h)
+        for (std::int64_t m = 0; m < g.query_blocks(); ++m)
+          offsets_.push_back(offsets_.back() + g.visible_key_blocks(m));
+    logits_.resize(static_cast<std::size_t>(offsets_.back()));
+    const auto per_sequence = [&](std::int64_t b) { return heads_ * sequences_[b].query_blocks(); };
+    std::int64_t rows = 0;
+    for (std::size_t b = 0; b < sequences_.size(); ++b) rows += per_sequence(static_cast<std::int64_t>(b));
+    seer::parallel_for(rows, threads, [&](std::int64_t row) {
+      std::int64_t b = 0, first = 0;
+      while (row >= first + per_sequence(b)) first += per_sequence(b++);
+      const std::int64_t local = row - first, m_count = sequences_[b].query_blocks();
+      scores.score_row(b, local / m_count, local % m_count, logits_.data() + offsets_[row]);
+    });
+  }
+  std::int64_t heads() const { return heads_; }
+  const std::vector<seer::BlockGeometry>& sequences() const { return sequences_; }
+  void score_row(std::int64_t b, std::int64_t h, std::int64_t m, double* logits) const {
+    std::int64_t row = 0;
+    for (std::int64_t s = 0; s < b; ++s) row += heads_ * sequences_[s].query_blocks();
+    row += h * sequences_[b].query_blocks() + m;
+    std::copy(logits_.begin() + offsets_[row], logits_.begin() + offsets_[row + 1], logits);
+  }
+
+ private:
+  std::int64_t heads_;
+  std::vector<seer::BlockGeometry> sequences_;
+  std::vector<std::int64_t> offsets_;
+  std::vector<double> logits_;
+};
+
+seer::BlockSet select(const CachedScores& scores, const Setting& s, int threads) {
+  switch (s.policy) {
+    case PolicyKind::top_k:
+      return seer::select_blocks(scores, seer::TopK::target_density(s.parameter), {}, threads);
+    case PolicyKind::threshold:
+      return seer::select_blocks(scores, seer::Threshold{s.parameter}, {}, threads);
+    case PolicyKind::nucleus:
+      return seer::select_blocks(scores, seer::Nucleus{s.parameter}, {}, threads);
+    case PolicyKind::dense:
+      break;
+  }
+  return seer::all_visible_blocks(scores.heads(), scores.sequences());
+}
+
+CachedScores gate_scores(GateKind gate, const seer::LearnedGate& learned, const engine::LayerAttention& call,
+                         int threads) {
+  switch (gate) {
+    case GateKind::learned:
+      return CachedScores(learned.score(call.q_before_rope, call.k_before_rope, true, threads), threads);
+    case GateKind::mean_pool:
+      return CachedScores(seer::MeanPoolGate{64}.score(call.q, call.k, true, threads), threads);
+    case GateKind::oracle:
+      break;
+  }
+  return CachedScores(seer::OracleGate{}.score(call.q, call.k, seer::AttentionOptions{}, 64), threads);
+}
+
+// A[h][m * key_blocks + n]: dense attention mass of query block m on key block n, averaged over the
+// block's rows (float: these are shares of a probability, not a reference result).
+std::vector<std::vector<float>> block_attention_mass(const engine::LayerAttention& call, int threads) {
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const std::int64_t length = call.q.length(0), heads = call.q.heads, dim = call.q.head_dim, block = 64;
+  const std::int64_t blocks = seer::BlockGeometry::ceil_div(length, block), group = heads / call.k.heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  std::vector<std::vector<float>> mass(static_cast<std::size_t>(heads),
+                                       std::vector<float>(static_cast<std::size_t>(blocks * blocks), 0.0f));
+  seer::parallel_for(heads * blocks, threads, [&](std::int64_t unit) {
+    const std::int64_t h = unit / blocks, m = unit % blocks;
+    const std::int64_t first = m * block, rows = std::min(block, length - first), keys = first + rows;
+    Matrix q(rows, dim), k(keys, dim);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t d = 0; d < dim; ++d) q(r, d) = call.q.vector(0, first + r, h)[d];
+    for (std::int64_t j = 0; j < keys; ++j)
+      for (std::int64_t d = 0; d < dim; ++d) k(j, d) = call.k.vector(0, j, h / group)[d];
+    Matrix p = (q * k.transpose()) * scale;
+    float* out = mass[h].data() + m * blocks;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t visible = first + r + 1;
+      auto row = p.row(r).head(visible);
+      const float peak = row.maxCoeff();
+      row = (row.array() - peak).exp().matrix();
+      row /= row.sum();
+      for (std::int64_t j = 0; j < visible; ++j) out[j / block] += row(j) / static_cast<float>(rows);
+    }
+  });
+  return mass;
+}
+
+std::int64_t visible_blocks(const seer::BlockSet& blocks) {
+  std::int64_t visible = 0;
+  for (const auto& g : blocks.sequences())
+    for (std::int64_t m = 0; m < g.query_blocks(); ++m) visible += g.visible_key_blocks(m);
+  return visible * blocks.heads();
+}
+
+double captured_mass(const seer::BlockSet& blocks, const std::vector<std::vector<float>>& mass) {
+  const seer::BlockGeometry& g = blocks.sequences()[0];
+  const std::int64_t key_blocks = g.key_blocks();
+  double total = 0.0;
+  std::int64_t rows = 0;
+  for (std::int64_t h = 0; h < blocks.heads(); ++h)
+    for (std::int64_t m = 0; m < g.query_blocks(); ++m) {
+      const std::int64_t row = blocks.row_index(0, h, m);
+      for (const std::int32_t* n = blocks.row_begin(row); n != blocks.row_end(row); ++n)
+        total += mass[h][m * key_blocks + *n];
+      ++rows;
+    }
+  return total / static_cast<double>(rows);
+}
+
+// Density of a policy over every layer of one dense run, for calibration.
+struct Calibration {
+  std::vector<double> grid;
+  std::vector<std::int64_t> kept;
+  std::int64_t visible = 0;
+};
+
+std::vector<double> threshold_grid() {
+  std::vector<double> grid;
+  for (double tau = 1e-4; tau < 0.5; tau *= 1.12) grid.push_back(tau);
+  return grid;
+}
+std::vector<double> nucleus_grid() {
+  std::vector<double> grid;
+  for (double missing = 0.95; missing > 1e-4; missing /= 1.12) grid.push_back(1.0 - missing);
+  return grid;
+}
+
+double closest(const Calibration& c, double target) {
+  double best = c.grid.front(), best_distance = std::numeric_limits<double>::infinity();
+  for (std::size_t i = 0; i < c.grid.size(); ++i) {
+    const double density = static_cast<double>(c.kept[i]) / static_cast<double>(c.visible);
+    if (std::fabs(density - target) < best_distance) {
+      best_distance = std::fabs(density - target);
+      best = c.grid[i];
+    }
+  }
+  return best;
+}
+
+std::string format(const char* pattern, double value) {
+  char text[64];
+  std::snprintf(text, sizeof(text), pattern, value);
+  return text;
+}
+
+void write_svg(const std::string& path, const std::vector<Setting>& settings, double dense_bits) {
+  // Series: (gate, policy) pairs, points sorted by measured density.
+  std::map<std::string, std::vector<std::pair<double, double>>> series;
+  double low = dense_bits, high = dense_bits;
+  for (const auto& s : settings) {
+    if (s.policy == PolicyKind::dense) continue;
+    series[std::string(gate_name(s.gate)) + " + " + policy_name(s.policy)].push_back({s.density(), s.mean_bits()});
+    low = std::min(low, s.mean_bits());
+    high = std::max(high, s.mean_bits());
+  }
+  const double pad = std::max(0.02, (high - low) * 0.08);
+  low -= pad;
+  high += pad;
+  const double width = 760, height = 480, left = 70, right = 250, top = 40, bottom = 60;
+  const double plot_w = width - left - right, plot_h = height - top - bottom;
+  auto x = [&](double density) { return left + density * plot_w; };
+  auto y = [&](double bits) { return top + (high - bits) / (high - low) * plot_h; };
+  std::ofstream svg(path);
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+      << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  svg << "<text x=\"" << left << "\" y=\"22\" font-size=\"14\">gutenberg-byte-llama-8k: bits per byte vs density "
+      << "(held-out halves, 8192-byte windows)</text>\n";
+  svg << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << plot_w << "\" height=\"" << plot_h
+      << "\" fill=\"none\" stroke=\"black\"/>\n";
+  for (int i = 0; i <= 10; ++i) {
+    const double d = i / 10.0;
+    svg << "<line x1=\"" << x(d) << "\" y1=\"" << top + plot_h << "\" x2=\"" << x(d) << "\" y2=\"" << top + plot_h + 5
+        << "\" stroke=\"black\"/><text x=\"" << x(d) << "\" y=\"" << top + plot_h + 18 << "\" text-anchor=\"middle\">"
+        << format("%.1f", d) << "</text>\n";
+  }
+  for (int i = 0; i <= 8; ++i) {
+    const double b = low + (high - low) * i / 8.0;
+    svg << "<line x1=\"" << left - 5 << "\" y1=\"" << y(b) << "\" x2=\"" << left << "\" y2=\"" << y(b)
+        << "\" stroke=\"black\"/><text x=\"" << left - 8 << "\" y=\"" << y(b) + 4 << "\" text-anchor=\"end\">"
+        << format("%.3f", b) << "</text>\n";
+  }
+  svg << "<text x=\"" << left + plot_w / 2 << "\" y=\"" << height - 18
+      << "\" text-anchor=\"middle\">density (kept / causally visible blocks, measured)</text>\n";
+  svg << "<text x=\"18\" y=\"" << top + plot_h / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 18 "
+      << top + plot_h / 2 << ")\">bits per byte</text>\n";
+  svg << "<line x1=\"" << x(0) << "\" y1=\"" << y(dense_bits) << "\" x2=\"" << x(1) << "\" y2=\"" << y(dense_bits)
+      << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
+  const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  double legend_y = top + 10;
+  svg << "<line x1=\"" << width - right + 15 << "\" y1=\"" << legend_y << "\" x2=\"" << width - right + 45 << "\" y2=\""
+      << legend_y << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/><text x=\"" << width - right + 50 << "\" y=\""
+      << legend_y + 4 << "\">dense attention</text>\n";
+  std::size_t color = 0;
+  for (auto& [name, points] : series) {
+    std::sort(points.begin(), points.end());
+    const char* c = colors[color++ % 8];
+    const bool dashed = name.find("TopK") == std::string::npos;
+    svg << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"2\""
+        << (dashed ? " stroke-dasharray=\"3,3\"" : "") << " points=\"";
+    for (const auto& [d, b] : points) svg << x(d) << "," << y(b) << " ";
+    svg << "\"/>\n";
+    for (const auto& [d, b] : points)
+      svg << "<circle cx=\"" << x(d) << "\" cy=\"" << y(b) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
+    legend_y += 20;
+    svg << "<line x1=\"" << width - right + 15 << "\" y1=\"" << legend_y << "\" x2=\"" << width - right + 45
+        << "\" y2=\"" << legend_y << "\" stroke=\"" << c << "\" stroke-width=\"2\""
+        << (dashed ? " stroke-dasharray=\"3,3\"" : "") << "/><text x=\"" << width - right + 50 << "\" y=\""
+        << legend_y + 4 << "\">" << name << "</text>\n";
+  }
+  svg << "</svg>\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options options = parse_options(argc, argv);
+    engine::Stopwatch clock;
+    const auto model = engine::LlamaModel::load(options.model);
+    const auto& config = model.config();
+    const auto gate_file = seer::training::read_gate_file(options.gates, config);
+    const auto& gates = gate_file.gates;
+    const auto books = engine::split_list(options.books);
+    std::vector<double> densities;
+    for (const auto& d : engine::split_list(options.densities)) densities.push_back(std::atof(d.c_str()));
+
+    std::vector<engine::TextWindow> windows;
+    for (const auto& book : books)
+      for (auto& w : engine::book_windows(options.text_dir, book, engine::BookHalf::evaluation,
+                                          options.windows_per_book, options.tokens))
+        windows.push_back(std::move(w));
+    const auto layers = static_cast<std::size_t>(config.num_layers);
+    auto dense_attention = [&](const engine::LayerAttention& call) {
+      seer::cpu::block_sparse_attention(call.q, call.k, call.v, nullptr, seer::AttentionOptions{}, call.out,
+                                        seer::TensorView<float, 2>{}, options.threads);
+    };
+
+    // Calibration of Threshold tau and Nucleus p on a window of the TRAINING half of the first book.
+    std::printf("evaluate_gates: calibrating Threshold / Nucleus on %s (training half)\n", books.front().c_str());
+    std::fflush(stdout);
+    const auto calibration_window =
+        engine::book_windows(options.text_dir, books.front(), engine::BookHalf::training, 1, options.tokens).front();
+    std::map<std::pair<GateKind, PolicyKind>, Calibration> calibrations;
+    for (const GateKind gate : {GateKind::learned, GateKind::mean_pool})
+      for (const PolicyKind policy : {PolicyKind::threshold, PolicyKind::nucleus}) {
+        Calibration& c = calibrations[{gate, policy}];
+        c.grid = policy == PolicyKind::threshold ? threshold_grid() : nucleus_grid();
+        c.kept.assign(c.grid.size(), 0);
+      }
+    model.forward(engine::bytes_as_tokens(calibration_window.bytes), [&](const engine::LayerAttention& call) {
+      dense_attention(call);
+      for (const GateKind gate : {GateKind::learned, GateKind::mean_pool}) {
+        const CachedScores scores = gate_scores(gate, gates[call.layer], call, options.threads);
+        for (const PolicyKind policy : {PolicyKind::threshold, PolicyKind::nucleus}) {
+          Calibration& c = calibrations[{gate, policy}];
+          for (std::size_t i = 0; i < c.grid.size(); ++i) {
+            Setting s;
+            s.policy = policy;
+            s.parameter = c.grid[i];
+            const auto blocks = select(scores, s, options.threads);
+            c.kept[i] += blocks.kept_blocks();
+            if (i == 0) c.visible += visible_blocks(blocks);
+          }
+        }
+      }
+    });
+
+    std::vector<Setting> settings;
+    settings.push_back(Setting{});  // dense
+    {
+      Setting full;  // TopK at density 1.0 keeps every visible block whatever the gate: one run for all
+      full.gate = GateKind::learned;
+      full.policy = PolicyKind::top_k;
+      full.parameter = 1.0;
+      settings.push_back(full);
+    }
+    for (const double d : densities)
+      for (const GateKind gate : {GateKind::learned, GateKind::mean_pool, GateKind::oracle}) {
+        Setting s;
+        s.gate = gate;
+        s.policy = PolicyKind::top_k;
+        s.parameter = s.target_density = d;
+        settings.push_back(s);
+      }
+    for (const GateKind gate : {GateKind::learned, GateKind::mean_pool})
+      for (const PolicyKind policy : {PolicyKind::threshold, PolicyKind::nucleus})
+        for (const double d : densities) {
+          Setting s;
+          s.gate = gate;
+          s.policy = policy;
+          s.target_density = d;
+          s.parameter = closest(calibrations[{gate, policy}], d);
+          settings.push_back(s);
+        }
+    for (auto& s : settings) {
+      s.captured_sum.assign(layers, 0.0);
+      s.layer_kept.assign(layers, 0);
+      s.layer_visible.assign(layers, 0);
+    }
+    std::printf("calibrated in %s; %zu settings x %zu windows of %lld bytes (second halves of %zu books)\n",
+                engine::format_duration(clock.seconds()).c_str(), settings.size(), windows.size(),
+                static_cast<long long>(options.tokens), books.size());
+    std::fflush(stdout);
+
+    const double runs_total = static_cast<double>(windows.size() * settings.size());
+    double runs_done = 0.0;
+    engine::Stopwatch evaluation;
+    for (std::size_t w = 0; w < windows.size(); ++w) {
+      const auto tokens = engine::bytes_as_tokens(windows[w].bytes);
+      for (std::size_t si = 0; si < settings.size(); ++si) {
+        Setting& s = settings[si];
+        engine::Stopwatch run;
+        const auto logits = model.forward(tokens, [&](const engine::LayerAttention& call) {
+          if (s.policy == PolicyKind::dense) {
+            // The dense run also measures the mass every setting's blocks capture on dense attention.
+            dense_attention(call);
+            const auto mass = block_attention_mass(call, options.threads);
+            std::map<GateKind, CachedScores> scores;
+            for (auto& other : settings) {
+              if (other.policy == PolicyKind::dense) continue;
+              if (!scores.count(other.gate))
+                scores.emplace(other.gate, gate_scores(other.gate, gates[call.layer], call, options.threads));
+              const auto blocks = select(scores.at(other.gate), other, options.threads);
+              other.captured_sum[call.layer] += captured_mass(blocks, mass);
+              other.layer_kept[call.layer] += blocks.kept_blocks();
+              other.layer_visible[call.layer] += visible_blocks(blocks);
+            }
+            return;
+          }
+          const CachedScores scores = gate_scores(s.gate, gates[call.layer], call, options.threads);
+          const auto blocks = select(scores, s, options.threads);
+          s.kept += blocks.kept_blocks();
+          s.visible += visible_blocks(blocks);
+          seer::cpu::block_sparse_attention(call.q, call.k, call.v, &blocks, seer::AttentionOptions{}, call.out,
+                                            seer::TensorView<float, 2>{}, options.threads);
+        });
+        s.bits.push_back(engine::LlamaModel::bits_per_token(logits, tokens));
+        runs_done += 1.0;
+        const double elapsed = evaluation.seconds();
+        std::printf("window %zu/%zu %s@%lld  run %3.0f/%.0f  %-48s  %.4f bpb  density %.3f  %.0f tokens/s  left %s\n",
+                    w + 1, windows.size(), windows[w].book.c_str(), static_cast<long long>(windows[w].offset),
+                    runs_done, runs_total, s.label().c_str(), s.bits.back(), s.density(),
+                    static_cast<double>(tokens.size()) / run.seconds(),
+                    engine::format_duration(elapsed / runs_done * (runs_total - runs_done)).c_str());
+        std::fflush(stdout);
+      }
+    }
+
+    // Tables.
+    const double dense_bits = settings.front().mean_bits();
+    const double window_count = static_cast<double>(windows.size());
+    auto find = [&](GateKind gate, PolicyKind policy, double target) -> const Setting* {
+      for (const auto& s : settings)
+        if (s.gate == gate && s.policy == policy && std::fabs(s.target_density - target) < 1e-9) return &s;
+      return nullptr;
+    };
+    std::string md;
+    md += "Model gutenberg-byte-llama-8k, " + std::to_string(windows.size()) + " windows of " +
+          std::to_string(options.tokens) + " bytes (" + std::to_string(options.windows_per_book) +
+          " per book from the second half of " + options.books + "). Gates: " + options.gates + " (" +
+          (gate_file.metadata.count("training_text") ? gate_file.metadata.at("training_text") : std::string("?")) +
+          "). Selection: library defaults (diagonal block kept in every row). Density = kept / causally visible "
+          "blocks, measured over all layers of the seer run.\n\n";
+    md += "### Bits per byte, learned vs mean-pool at equal TopK density\n\n";
+    md += "| density | LearnedGate | MeanPoolGate | OracleGate | learned - mean-pool | learned - dense |\n";
+    md += "|---|---|---|---|---|---|\n";
+    md += "| 1.0 (all blocks) | " + format("%.4f", settings[1].mean_bits()) + " | same | same | 0 | " +
+          format("%+.4f", settings[1].mean_bits() - dense_bits) + " |\n";
+    for (const double d : densities) {
+      const Setting* l = find(GateKind::learned, PolicyKind::top_k, d);
+      const Setting* m = find(GateKind::mean_pool, PolicyKind::top_k, d);
+      const Setting* o = find(GateKind::oracle, PolicyKind::top_k, d);
+      md += "| " + format("%.2f", d) + " (measured " + format("%.3f", l->density()) + ") | " +
+            format("%.4f", l->mean_bits()) + " | " + format("%.4f", m->mean_bits()) + " | " +
+            format("%.4f", o->mean_bits()) + " | **" + format("%+.4f", l->mean_bits() - m->mean_bits()) + "** | " +
+            format("%+.4f", l->mean_bits() - dense_bits) + " |\n";
+    }
+    md += "\nDense attention: **" + format("%.4f", dense_bits) + "** bits per byte.\n\n";
+    md += "### Every setting\n\n| setting | target density | measured density | bits per byte | vs dense |\n";
+    md += "|---|---|---|---|---|\n";
+    for (const auto& s : settings)
+      md += "| " + s.label() + " | " + format("%.2f", s.target_density) + " | " + format("%.3f", s.density()) + " | " +
+            format("%.4f", s.mean_bits()) + " | " + format("%+.4f", s.mean_bits() - dense_bits) + " |\n";
+    md += "\n### Dense attention mass captured by the kept blocks, per layer\n\n";
+    md += "Blocks selected on the dense model's q and k; mass averaged over query-block rows and windows.\n\n";
+    md += "| setting | density |";
+    for (std::size_t l = 0; l < layers; ++l) md += " layer " + std::to_string(l) + " |";
+    md += " mean |\n|---|---|";
+    for (std::size_t l = 0; l <= layers; ++l) md += "---|";
+    md += "\n";
+    for (const auto& s : settings) {
+      if (s.policy == PolicyKind::dense) continue;
+      std::int64_t kept = 0, visible = 0;
+      double mean = 0.0;
+      for (std::size_t l = 0; l < layers; ++l) {
+        kept += s.layer_kept[l];
+        visible += s.layer_visible[l];
+        mean += s.captured_sum[l] / window_count / static_cast<double>(layers);
+      }
+      md += "| " + s.label() + " | " + format("%.3f", static_cast<double>(kept) / static_cast<double>(visible)) + " |";
+      for (std::size_t l = 0; l < layers; ++l) md += " " + format("%.3f", s.captured_sum[l] / window_count) + " |";
+      md += " " + format("%.3f", mean) + " |\n";
+    }
+    md += "\nEvaluation time: " + engine::format_duration(clock.seconds()) + ".\n";
+    std::ofstream(options.out_dir + "/results.md") << md;
+    std::ofstream csv(options.out_dir + "/results.csv");
+    csv << "gate,policy,parameter,target_density,measured_density,bits_per_byte\n";
+    for (const auto& s : settings)
+      csv << (s.policy == PolicyKind::dense ? "dense" : gate_name(s.gate)) << "," << policy_name(s.policy) << ","
+          << s.parameter << "," << s.target_density << "," << s.density() << "," << s.mean_bits() << "\n";
+    write_svg(options.out_dir + "/bpb_vs_density.svg", settings, dense_bits);
+    std::printf("\n%s\nwrote %s/results.md, results.csv, bpb_vs_density.svg\n", md.c_str(), options.out_dir.c_str());
+  } catch (const seer::Error& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}
