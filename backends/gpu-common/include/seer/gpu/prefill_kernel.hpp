@@ -200,7 +200,10 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
                                   query_rows);
   std::int64_t step = 0;
   std::int64_t tile = schedule.tile(step);
-  if (tile >= 0) load_keys(tile);
+  if (tile >= 0) {  // the first K and V tiles travel with Q: one memory round trip before the first multiply
+    load_keys(tile);
+    load_values(tile);
+  }
   vendor::commit_async_copies();
 
   const int lane = vendor::lane_index();
@@ -242,7 +245,7 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
     running_sum[rb][0] = running_sum[rb][1] = 0.0f;
   }
 
-  vendor::wait_async_copies<0>();  // Q and the first K tile have landed
+  vendor::wait_async_copies<0>();  // Q and the first K and V tiles have landed
   __syncthreads();
   if constexpr (Traits::kQueryInRegisters) {
 #pragma unroll
@@ -256,10 +259,10 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
     if (!first_iteration) {
       vendor::wait_async_copies<0>();  // K[i] has landed
       __syncthreads();                 // ... for every thread; and every warp is done with V[i-1]
+      load_values(tile);
+      vendor::commit_async_copies();
     }
     first_iteration = false;
-    load_values(tile);
-    vendor::commit_async_copies();
     // Read the next kept block index now: its global-memory latency then hides behind Q * K^T.
     const std::int64_t next_tile = schedule.tile(step + 1);
 
