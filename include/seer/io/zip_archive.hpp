@@ -129,12 +129,11 @@ class ZipArchive {
 
   void parse() {
     const std::uint64_t file_size = source_->size();
-    if (file_size < end_bytes) fail("not a zip archive: the file is shorter than an end-of-central-directory record");
     // The end record sits at the very end, followed only by its comment (at most 65535 bytes).
     const std::uint64_t window = std::min<std::uint64_t>(file_size, end_bytes + 0xffff);
     const std::vector<std::uint8_t> tail = read_bytes(file_size - window, window);
     std::uint64_t end_offset = file_size;  // not found
-    for (std::uint64_t at = window - end_bytes + 1; at-- > 0;) {
+    for (std::uint64_t at = window >= end_bytes ? window - end_bytes + 1 : 0; at-- > 0;) {
       const std::uint8_t* p = tail.data() + at;
       if (detail::read_le(p, 4) == end_signature && at + end_bytes + detail::read_le(p + 20, 2) == window) {
         end_offset = file_size - window + at;
@@ -143,7 +142,7 @@ class ZipArchive {
     }
     if (end_offset == file_size) {
       std::uint8_t magic[2] = {0, 0};
-      source_->read(0, 2, magic);
+      if (file_size >= 2) source_->read(0, 2, magic);
       if (magic[0] == 0x80 && magic[1] == 0x02)
         fail(
             "not a zip archive: this looks like the legacy torch.save format "
