@@ -47,7 +47,7 @@ using ConstFloatTile = Eigen::Map<const FloatRowMatrix, Eigen::Unaligned, Eigen:
 // aligned buffers make results independent of where a thread's workspace happens to land.
 using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
-// Buffers of one work item, sized once for the largest tile so the block loop never allocates.
+// Buffers of one worker thread, sized once for the largest tile: no item or key block allocates.
 struct AttentionWorkspace {
   AlignedFloats queries;                         // [group * block, dim], pre-converted query rows of all heads
   AlignedFloats accumulators;                    // [group * block, dim], unnormalised outputs
