@@ -10,6 +10,8 @@
 #   clang     clang++, C++20, Release, tests only, CUDA off
 #   sanitize  g++, C++17, -O1 -g, AddressSanitizer + UndefinedBehaviorSanitizer, tests only, CUDA off
 #   format    clang-format --dry-run --Werror over include/ backends/ tests/ examples/ bench/
+#   fuzz      clang++ (19 if present) with libFuzzer + ASan + UBSan: builds tests/fuzz (one target per file
+#             parser) and runs each for SEER_FUZZ_SECONDS (default 20) from its seed corpus; any crash fails
 #
 # Missing tools and libraries are installed with apt-get first. Environment: SEER_JOBS (parallel jobs,
 # default nproc), SEER_CI_CLEAN=1 (delete the build directories first).
@@ -41,6 +43,69 @@ configure_build_test() {
   (cd "$build_dir" && ctest --output-on-failure --no-tests=error -j "$jobs")
 }
 
+# Prints the first clang++ that links a libFuzzer program (clang++-19 preferred), or nothing.
+find_fuzz_compiler() {
+  local candidate probe="build/ci-fuzz/probe"
+  mkdir -p build/ci-fuzz
+  for candidate in clang++-19 clang++; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' |
+      "$candidate" -x c++ -fsanitize=fuzzer,address,undefined - -o "$probe" >/dev/null 2>&1; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 0
+}
+
+run_fuzz_stage() {
+  local compiler
+  compiler="$(find_fuzz_compiler)"
+  if [[ -z "$compiler" ]]; then
+    # libFuzzer ships in Debian's compiler-rt package of each clang version.
+    # shellcheck source=../cmake/install_dependencies.sh
+    source "$repo_root/cmake/install_dependencies.sh"
+    local version packages=()
+    for candidate in clang++-19 clang++; do
+      if command -v "$candidate" >/dev/null 2>&1; then
+        version="$("$candidate" -dumpversion | cut -d. -f1)"
+        packages+=("libclang-rt-${version}-dev")
+      fi
+    done
+    ((${#packages[@]})) || packages=(clang libclang-rt-14-dev)
+    install_missing_packages "${packages[@]}"
+    compiler="$(find_fuzz_compiler)"
+  fi
+  if [[ -z "$compiler" ]]; then
+    echo "fuzz: no clang++ with libFuzzer found" >&2
+    return 1
+  fi
+  local build_dir=build/ci-fuzz seconds="${SEER_FUZZ_SECONDS:-20}"
+  echo "== fuzz: $compiler, ${seconds}s per target"
+  cmake -S "$repo_root" -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$compiler" \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSEER_WARNINGS_AS_ERRORS=ON -DSEER_CXX_STANDARD=17 -DSEER_ENABLE_CUDA=OFF \
+    -DSEER_BUILD_TESTS=ON -DSEER_BUILD_FUZZERS=ON -DSEER_BUILD_EXAMPLES=OFF -DSEER_BUILD_BENCH=OFF -DSEER_INSTALL=OFF
+  cmake --build "$build_dir" --target seer_fuzzers -j "$jobs"
+  local target failed_targets=()
+  for target in json safetensors model_config zip pickle torch_checkpoint; do
+    # The first corpus folder collects new inputs (kept in the build tree); the seeds are only read.
+    local work="$build_dir/fuzz-work/$target"
+    mkdir -p "$work/corpus" "$work/artifacts"
+    echo "-- fuzz_$target"
+    if ! "$build_dir/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$work/artifacts/" "$work/corpus" "tests/fuzz/corpus/$target" \
+      >"$work/log.txt" 2>&1; then
+      tail -n 60 "$work/log.txt"
+      failed_targets+=("$target")
+    fi
+    grep -E "stat::number_of_executed_units|Done [0-9]+ runs" "$work/log.txt" | tail -n 2 || true
+  done
+  if ((${#failed_targets[@]})); then
+    echo "fuzz: crashes in ${failed_targets[*]} (inputs under $build_dir/fuzz-work/*/artifacts/)" >&2
+    return 1
+  fi
+}
+
 run_stage() {
   case "$1" in
     gcc)
@@ -66,8 +131,11 @@ run_stage() {
     format)
       cmake -DSEER_SOURCE_DIR="$repo_root" -P "$repo_root/cmake/SeerCheckFormat.cmake"
       ;;
+    fuzz)
+      run_fuzz_stage
+      ;;
     *)
-      echo "run_all.sh: unknown stage '$1' (stages: gcc clang sanitize format)" >&2
+      echo "run_all.sh: unknown stage '$1' (stages: gcc clang sanitize format fuzz)" >&2
       return 2
       ;;
   esac
@@ -87,7 +155,7 @@ install_missing_packages cmake g++ clang clang-format ninja-build libeigen3-dev 
 
 stages=("$@")
 if ((${#stages[@]} == 0)); then
-  stages=(gcc clang sanitize format)
+  stages=(gcc clang sanitize format fuzz)
 fi
 
 declare -a summary=()

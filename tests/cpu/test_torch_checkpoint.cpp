@@ -156,8 +156,14 @@ struct PickleWriter {
     bytes.insert(bytes.end(), value.begin(), value.end());
   }
   void integer(std::int64_t value) {
-    op('J');
-    put(bytes, static_cast<std::uint32_t>(static_cast<std::int32_t>(value)), 4);
+    if (value >= INT32_MIN && value <= INT32_MAX) {
+      op('J');
+      put(bytes, static_cast<std::uint32_t>(static_cast<std::int32_t>(value)), 4);
+    } else {
+      op(0x8a);  // LONG1, 8 bytes
+      op(8);
+      put(bytes, static_cast<std::uint64_t>(value), 8);
+    }
   }
   void global(const std::string& module, const std::string& name) {
     op('c');
@@ -378,6 +384,9 @@ TEST_CASE("gate weights: config mismatches name the offending key") {
   const auto double_weights = seer::io::GateWeightFile::open(fixture("gate_double.pth"));
   message = format_error_of([&] { seer::io::load_prefill_gates(double_weights, tiny); });
   CHECK(message.find("mask_linear_k.weight\" has shape [2, 24, 8]") != std::string::npos);
+  // A corrupt head_dim is refused before it sizes anything.
+  CHECK(format_error_of([&] { with("\"head_dim\": 8", "\"head_dim\": 1099511627776"); }).find("exceeds the limit") !=
+        std::string::npos);
   // A decode gate is recognised.
   const auto decode = seer::io::SafetensorsFile::from_bytes(seer::io::serialize_safetensors(
       {seer::io::TensorToWrite::from_float("model.layers.0.self_attn.attn_gate.attngate_linear_k.weight", {1}, {1})}));
@@ -523,6 +532,7 @@ TEST_CASE("torch checkpoint: hand-made archives, ZIP64, views and storage checks
   rejects(archive({4, 4}, {0, 0}, 0, 12, false), "more elements than its storage");
   rejects(archive({3, 2}, {5, 1}, 1, 12, false), "outside its storage");
   rejects(archive({2}, {1}, 12, 12, false), "outside its storage");
+  rejects(archive({2, 2}, {1, 4611686018427387904}, 0, 12, false), "outside its storage");  // no overflow
   rejects(archive({2}, {-1}, 1, 12, false), "negative size or stride");
   rejects(archive({2}, {1, 1}, 0, 12, false), "different lengths");
   rejects(archive({2}, {1}, 0, 13, false), "holds 48 bytes");

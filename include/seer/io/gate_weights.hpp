@@ -152,7 +152,6 @@ inline std::vector<LearnedGate> load_prefill_gates(const GateWeightFile& weights
   };
 
   std::vector<LearnedGate> gates;
-  gates.reserve(static_cast<std::size_t>(config.num_layers));
   for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
     const std::string k_key = prefill_gate_key(layer, "mask_linear_k");
     const std::string q_key = prefill_gate_key(layer, "mask_linear_q");

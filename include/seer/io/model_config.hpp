@@ -108,6 +108,9 @@ inline void read_rope_scaling(const JsonValue& entry, const std::string& source,
 
 }  // namespace detail
 
+// Larger head dims are rejected as corrupt: the RoPE tables are sized by head_dim.
+constexpr std::int64_t max_head_dim = 65536;
+
 inline ModelConfig parse_model_config(const std::string& text, const std::string& source) {
   using namespace detail;
   const JsonValue root = parse_json(text, source);
@@ -132,6 +135,10 @@ inline ModelConfig parse_model_config(const std::string& text, const std::string
   config.attention_bias = boolean_member(root, "attention_bias", source, false);
   if (config.num_layers <= 0 || config.head_dim <= 0 || config.head_dim % 2 != 0)
     throw FormatError(source, "num_hidden_layers must be positive and head_dim positive and even");
+  // Real models use head dims of a few hundred; the bound keeps a corrupt config from sizing huge RoPE tables.
+  if (config.head_dim > max_head_dim)
+    throw FormatError(source, "head_dim " + std::to_string(config.head_dim) + " exceeds the limit of " +
+                                  std::to_string(max_head_dim));
 
   config.rope.head_dim = config.head_dim;
   if (const JsonValue* parameters = root.find("rope_parameters"); parameters && !parameters->is_null()) {

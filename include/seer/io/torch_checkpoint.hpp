@@ -331,11 +331,13 @@ class TorchCheckpoint {
       const std::int64_t limit = tensor.storage_elements;
       if (last >= limit) fail(where + ": storage offset " + std::to_string(last) + " is outside its storage");
       for (std::size_t d = 0; d < tensor.shape.size(); ++d) {
-        if (tensor.shape[d] > limit) fail(where + ": the view has more elements than its storage (overlapping view)");
+        if (tensor.shape[d] > limit / count)
+          fail(where + ": the view has more elements than its storage (overlapping view)");
         count *= tensor.shape[d];
-        if (count > limit) fail(where + ": the view has more elements than its storage (overlapping view)");
-        if (tensor.strides[d] > limit) fail(where + ": stride reaches outside its storage");
-        last += (tensor.shape[d] - 1) * tensor.strides[d];  // < limit * limit + limit: fits int64 for limit < 2^31
+        // last + (shape - 1) * stride < limit, checked by division so that nothing overflows.
+        if (tensor.strides[d] > 0 && tensor.shape[d] - 1 > (limit - 1 - last) / tensor.strides[d])
+          fail(where + ": the view reaches outside its storage");
+        last += (tensor.shape[d] - 1) * tensor.strides[d];
         if (last >= limit) fail(where + ": the view reaches outside its storage");
       }
     }
