@@ -249,6 +249,28 @@ std::vector<std::vector<float>> block_attention_mass(const engine::LayerAttentio
   return mass;
 }
 
+// The training loss of §5.1 (x 10, torch KLDivLoss mean, first quarter of rows dropped) of a gate's
+// scores against the 2-D ground truth, given as the oracle's logits (log GT).
+double kl_to_ground_truth(const CachedScores& gate, const CachedScores& oracle) {
+  const seer::BlockGeometry& g = gate.sequences()[0];
+  const std::int64_t first = g.query_blocks() / 4;
+  std::vector<double> logits(static_cast<std::size_t>(g.key_blocks())), truth(logits.size());
+  double total = 0.0;
+  for (std::int64_t h = 0; h < gate.heads(); ++h)
+    for (std::int64_t m = first; m < g.query_blocks(); ++m) {
+      const std::int64_t visible = g.visible_key_blocks(m);
+      gate.score_row(0, h, m, logits.data());
+      oracle.score_row(0, h, m, truth.data());
+      double peak = -std::numeric_limits<double>::infinity(), sum = 0.0;
+      for (std::int64_t n = 0; n < visible; ++n) peak = std::max(peak, logits[n]);
+      for (std::int64_t n = 0; n < visible; ++n) sum += std::exp(logits[n] - peak);
+      const double log_normaliser = peak + std::log(sum);
+      for (std::int64_t n = 0; n < visible; ++n)
+        if (std::isfinite(truth[n])) total += std::exp(truth[n]) * (truth[n] - (logits[n] - log_normaliser));
+    }
+  return 10.0 * total / static_cast<double>(gate.heads() * (g.query_blocks() - first) * g.key_blocks());
+}
+
 std::int64_t visible_blocks(const seer::BlockSet& blocks) {
   std::int64_t visible = 0;
   for (const auto& g : blocks.sequences())
@@ -466,6 +488,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(options.tokens), books.size());
     std::fflush(stdout);
 
+    std::map<GateKind, double> distillation_kl;
     const double runs_total = static_cast<double>(windows.size() * settings.size());
     double runs_done = 0.0;
     engine::Stopwatch evaluation;
@@ -489,6 +512,9 @@ int main(int argc, char** argv) {
               other.layer_kept[call.layer] += blocks.kept_blocks();
               other.layer_visible[call.layer] += visible_blocks(blocks);
             }
+            // The distillation objective on held-out text: the oracle's logits are log GT.
+            for (const GateKind gate : {GateKind::learned, GateKind::mean_pool})
+              distillation_kl[gate] += kl_to_ground_truth(scores.at(gate), scores.at(GateKind::oracle));
             return;
           }
           const CachedScores scores = gate_scores(s.gate, gates[call.layer], call, options.threads);
@@ -525,7 +551,24 @@ int main(int argc, char** argv) {
           (gate_file.metadata.count("training_text") ? gate_file.metadata.at("training_text") : std::string("?")) +
           "). Selection: library defaults (diagonal block kept in every row). Density = kept / causally visible "
           "blocks, measured over all layers of the seer run.\n\n";
+    // learned - mean-pool per window: mean, standard error of the mean, windows the learned gate wins.
+    auto paired = [&](const Setting& learned, const Setting& mean_pool) {
+      const std::size_t n = learned.bits.size();
+      double mean = 0.0, spread = 0.0;
+      int wins = 0;
+      for (std::size_t w = 0; w < n; ++w) {
+        mean += (learned.bits[w] - mean_pool.bits[w]) / static_cast<double>(n);
+        wins += learned.bits[w] < mean_pool.bits[w] ? 1 : 0;
+      }
+      for (std::size_t w = 0; w < n; ++w) spread += std::pow(learned.bits[w] - mean_pool.bits[w] - mean, 2.0);
+      const double error = n > 1 ? std::sqrt(spread / static_cast<double>(n - 1) / static_cast<double>(n)) : 0.0;
+      return "**" + format("%+.4f", mean) + "** ± " + format("%.4f", error) + " (" + std::to_string(wins) + "/" +
+             std::to_string(n) + ")";
+    };
     md += "### Bits per byte, learned vs mean-pool at equal TopK density\n\n";
+    md +=
+        "learned - mean-pool: mean over windows ± its standard error (windows where the learned gate is "
+        "better / windows). Negative = the learned gate is better.\n\n";
     md += "| density | LearnedGate | MeanPoolGate | OracleGate | learned - mean-pool | learned - dense |\n";
     md += "|---|---|---|---|---|---|\n";
     md += "| 1.0 (all blocks) | " + format("%.4f", settings[1].mean_bits()) + " | same | same | 0 | " +
@@ -536,10 +579,27 @@ int main(int argc, char** argv) {
       const Setting* o = find(GateKind::oracle, PolicyKind::top_k, d);
       md += "| " + format("%.2f", d) + " (measured " + format("%.3f", l->density()) + ") | " +
             format("%.4f", l->mean_bits()) + " | " + format("%.4f", m->mean_bits()) + " | " +
-            format("%.4f", o->mean_bits()) + " | **" + format("%+.4f", l->mean_bits() - m->mean_bits()) + "** | " +
+            format("%.4f", o->mean_bits()) + " | " + paired(*l, *m) + " | " +
             format("%+.4f", l->mean_bits() - dense_bits) + " |\n";
     }
     md += "\nDense attention: **" + format("%.4f", dense_bits) + "** bits per byte.\n\n";
+    md += "### Threshold and Nucleus: learned vs mean-pool at similar measured density\n\n";
+    md += "tau and p calibrated per gate on a training-half window to reach the target density.\n\n";
+    md += "| policy | target | LearnedGate (density) | MeanPoolGate (density) | learned - mean-pool |\n";
+    md += "|---|---|---|---|---|\n";
+    for (const PolicyKind policy : {PolicyKind::threshold, PolicyKind::nucleus})
+      for (const double d : densities) {
+        const Setting* l = find(GateKind::learned, policy, d);
+        const Setting* m = find(GateKind::mean_pool, policy, d);
+        md += std::string("| ") + policy_name(policy) + " | " + format("%.2f", d) + " | " +
+              format("%.4f", l->mean_bits()) + " (" + format("%.3f", l->density()) + ") | " +
+              format("%.4f", m->mean_bits()) + " (" + format("%.3f", m->density()) + ") | " + paired(*l, *m) + " |\n";
+      }
+    md +=
+        "\nDistillation loss on these held-out windows (the training objective: KL to the 2-D ground truth x "
+        "10, KLDivLoss mean, first quarter of rows dropped, summed over layers): LearnedGate " +
+        format("%.4f", distillation_kl[GateKind::learned] / window_count) + ", MeanPoolGate " +
+        format("%.4f", distillation_kl[GateKind::mean_pool] / window_count) + ".\n\n";
     md += "### Every setting\n\n| setting | target density | measured density | bits per byte | vs dense |\n";
     md += "|---|---|---|---|---|\n";
     for (const auto& s : settings)
