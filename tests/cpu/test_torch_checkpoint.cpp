@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -334,6 +335,16 @@ TEST_CASE("gate weights: loaded gates score exactly like gates built from the sa
     CHECK(rows == hq * 5);  // ceil(19 / 4) query blocks per head
   }
 
+  // A checkpoint directory holding model.safetensors loads the same weights.
+  const auto directory = std::filesystem::temp_directory_path() / "seer_test_gate_directory";
+  std::filesystem::create_directories(directory);
+  std::filesystem::copy_file(fixture("gate_tiny.safetensors"), directory / "model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto from_directory = seer::io::load_prefill_gates(seer::io::GateWeightFile::open(directory.string()), config);
+  std::filesystem::remove_all(directory);
+  REQUIRE(from_directory.size() == 2);
+  CHECK(from_directory[1].k_projection() == from_pth[1].k_projection());
+
   // The double-linear layout (Qmaxavg: a q projection, k per KV head) from an OrderedDict.
   const auto doubles = seer::io::load_prefill_gates(fixture("gate_double.pth"), fixture("gate_double_config.json"));
   REQUIRE(doubles.size() == 2);
@@ -384,6 +395,11 @@ TEST_CASE("gate weights: config mismatches name the offending key") {
   const auto double_weights = seer::io::GateWeightFile::open(fixture("gate_double.pth"));
   message = format_error_of([&] { seer::io::load_prefill_gates(double_weights, tiny); });
   CHECK(message.find("mask_linear_k.weight\" has shape [2, 24, 8]") != std::string::npos);
+  // Paths that hold no gate weights.
+  CHECK(format_error_of([] { seer::io::GateWeightFile::open(fixture("")); }).find("is a directory without") !=
+        std::string::npos);
+  CHECK(format_error_of([] { seer::io::GateWeightFile::open(fixture("no_such_file.pth")); }).find("cannot open") !=
+        std::string::npos);
   // A corrupt head_dim is refused before it sizes anything.
   CHECK(format_error_of([&] { with("\"head_dim\": 8", "\"head_dim\": 1099511627776"); }).find("exceeds the limit") !=
         std::string::npos);

@@ -14,9 +14,11 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -34,9 +36,13 @@ class GateWeightFile {
   // A torch.save file (recognised by its ZIP signature), a safetensors file, or a directory holding
   // model.safetensors or a sharded checkpoint with model.safetensors.index.json.
   static GateWeightFile open(const std::string& path) {
-    std::ifstream directory_probe(path + "/model.safetensors", std::ios::binary);
-    std::ifstream index_probe(path + "/model.safetensors.index.json", std::ios::binary);
-    if (directory_probe || index_probe) return GateWeightFile(Checkpoint::open(path));
+    std::error_code error;
+    if (std::filesystem::is_directory(path, error)) {
+      if (std::filesystem::exists(path + "/model.safetensors", error) ||
+          std::filesystem::exists(path + "/model.safetensors.index.json", error))
+        return GateWeightFile(Checkpoint::open(path));
+      throw FormatError(path, "is a directory without model.safetensors or model.safetensors.index.json");
+    }
     std::ifstream file(path, std::ios::binary);
     if (!file) throw FormatError(path, "cannot open the file for reading");
     char magic[4] = {0, 0, 0, 0};
