@@ -14,6 +14,9 @@
 // row-major order, and checks that every element lies inside its storage. A view with more elements
 // than its storage (stride 0, overlapping) is rejected, which also bounds memory by the file size.
 //
+// A tensor that covers its whole storage is checked against the archive's CRC-32; a view of part of
+// a larger storage reads only its span (no CRC), so large shared storages are not read per tensor.
+//
 // Only a top-level dict (or OrderedDict, e.g. a module's state_dict()) is read; entries that are not
 // tensors are listed in skipped_entries(). Every problem is a FormatError naming the file and entry.
 #pragma once
