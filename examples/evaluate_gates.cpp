@@ -20,6 +20,7 @@
 //
 //   evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]
 //                  [--windows-per-book N] [--tokens N] [--densities 0.5,0.3] [--threads N] [--out-dir DIR]
+//                  [--plot-only]   (redraw the SVG from out-dir/results.csv)
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -56,13 +57,14 @@ struct Options {
   std::string densities = "0.5,0.3,0.2,0.1";
   int threads = 0;
   std::string out_dir = "bench/gate_quality";
+  bool plot_only = false;  // redraw bpb_vs_density.svg from out_dir/results.csv
 };
 
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]\n"
                "                      [--windows-per-book N] [--tokens N] [--densities 0.5,0.3,...] [--threads N]\n"
-               "                      [--out-dir DIR]\n");
+               "                      [--out-dir DIR] [--plot-only]\n");
   std::exit(2);
 }
 
@@ -70,6 +72,10 @@ Options parse_options(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
+    if (flag == "--plot-only") {
+      o.plot_only = true;
+      continue;
+    }
     if (i + 1 >= argc) usage();
     const std::string value = argv[++i];
     if (flag == "--model") {
@@ -329,71 +335,120 @@ std::string format(const char* pattern, double value) {
   return text;
 }
 
+// Two panels: every setting, and a zoom near dense attention where the TopK lines separate (lines
+// are clipped to the panel). One line per (gate, policy), dense attention dashed.
 void write_svg(const std::string& path, const std::vector<Setting>& settings, double dense_bits) {
-  // Series: (gate, policy) pairs, points sorted by measured density.
   std::map<std::string, std::vector<std::pair<double, double>>> series;
-  double low = dense_bits, high = dense_bits;
+  double high = dense_bits, low = dense_bits;
   for (const auto& s : settings) {
     if (s.policy == PolicyKind::dense) continue;
-    series[std::string(gate_name(s.gate)) + " + " + policy_name(s.policy)].push_back({s.density(), s.mean_bits()});
-    low = std::min(low, s.mean_bits());
+    const std::pair<double, double> point{s.density(), s.mean_bits()};
+    if (s.policy == PolicyKind::top_k && s.parameter >= 1.0) {  // all blocks: the same for every gate
+      for (const GateKind gate : {GateKind::learned, GateKind::mean_pool, GateKind::oracle})
+        series[std::string(gate_name(gate)) + " + TopK"].push_back(point);
+    } else {
+      series[std::string(gate_name(s.gate)) + " + " + policy_name(s.policy)].push_back(point);
+    }
     high = std::max(high, s.mean_bits());
+    low = std::min(low, s.mean_bits());
   }
-  const double pad = std::max(0.02, (high - low) * 0.08);
-  low -= pad;
-  high += pad;
-  const double width = 760, height = 480, left = 70, right = 250, top = 40, bottom = 60;
-  const double plot_w = width - left - right, plot_h = height - top - bottom;
-  auto x = [&](double density) { return left + density * plot_w; };
-  auto y = [&](double bits) { return top + (high - bits) / (high - low) * plot_h; };
+  const double panel_w = 380, panel_h = 360, top = 50, left = 70, gap = 90, legend_x = left + 2 * panel_w + gap + 20;
+  const double width = legend_x + 230, height = top + panel_h + 60;
+  const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
   std::ofstream svg(path);
   svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
       << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  svg << "<text x=\"" << left << "\" y=\"22\" font-size=\"14\">gutenberg-byte-llama-8k: bits per byte vs density "
-      << "(held-out halves, 8192-byte windows)</text>\n";
-  svg << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << plot_w << "\" height=\"" << plot_h
-      << "\" fill=\"none\" stroke=\"black\"/>\n";
-  for (int i = 0; i <= 10; ++i) {
-    const double d = i / 10.0;
-    svg << "<line x1=\"" << x(d) << "\" y1=\"" << top + plot_h << "\" x2=\"" << x(d) << "\" y2=\"" << top + plot_h + 5
-        << "\" stroke=\"black\"/><text x=\"" << x(d) << "\" y=\"" << top + plot_h + 18 << "\" text-anchor=\"middle\">"
-        << format("%.1f", d) << "</text>\n";
-  }
-  for (int i = 0; i <= 8; ++i) {
-    const double b = low + (high - low) * i / 8.0;
-    svg << "<line x1=\"" << left - 5 << "\" y1=\"" << y(b) << "\" x2=\"" << left << "\" y2=\"" << y(b)
-        << "\" stroke=\"black\"/><text x=\"" << left - 8 << "\" y=\"" << y(b) + 4 << "\" text-anchor=\"end\">"
-        << format("%.3f", b) << "</text>\n";
-  }
-  svg << "<text x=\"" << left + plot_w / 2 << "\" y=\"" << height - 18
-      << "\" text-anchor=\"middle\">density (kept / causally visible blocks, measured)</text>\n";
-  svg << "<text x=\"18\" y=\"" << top + plot_h / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 18 "
-      << top + plot_h / 2 << ")\">bits per byte</text>\n";
-  svg << "<line x1=\"" << x(0) << "\" y1=\"" << y(dense_bits) << "\" x2=\"" << x(1) << "\" y2=\"" << y(dense_bits)
-      << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
-  const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  svg << "<text x=\"" << left << "\" y=\"22\" font-size=\"14\">gutenberg-byte-llama-8k: bits per byte vs measured "
+      << "density (second halves of the books, 8192-byte windows)</text>\n";
+  auto panel = [&](int index, double y_low, double y_high, const char* title) {
+    const double x0 = left + index * (panel_w + gap);
+    auto x = [&](double density) { return x0 + density * panel_w; };
+    auto y = [&](double bits) { return top + (y_high - bits) / (y_high - y_low) * panel_h; };
+    svg << "<clipPath id=\"panel" << index << "\"><rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << panel_w
+        << "\" height=\"" << panel_h << "\"/></clipPath>\n";
+    svg << "<text x=\"" << x0 << "\" y=\"" << top - 8 << "\">" << title << "</text>\n";
+    svg << "<rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << panel_w << "\" height=\"" << panel_h
+        << "\" fill=\"none\" stroke=\"black\"/>\n";
+    for (int i = 0; i <= 10; i += 2) {
+      const double d = i / 10.0;
+      svg << "<line x1=\"" << x(d) << "\" y1=\"" << top + panel_h << "\" x2=\"" << x(d) << "\" y2=\""
+          << top + panel_h + 5 << "\" stroke=\"black\"/><text x=\"" << x(d) << "\" y=\"" << top + panel_h + 18
+          << "\" text-anchor=\"middle\">" << format("%.1f", d) << "</text>\n";
+    }
+    for (int i = 0; i <= 6; ++i) {
+      const double b = y_low + (y_high - y_low) * i / 6.0;
+      svg << "<line x1=\"" << x0 - 5 << "\" y1=\"" << y(b) << "\" x2=\"" << x0 << "\" y2=\"" << y(b)
+          << "\" stroke=\"black\"/><text x=\"" << x0 - 8 << "\" y=\"" << y(b) + 4 << "\" text-anchor=\"end\">"
+          << format("%.3f", b) << "</text>\n";
+    }
+    svg << "<text x=\"" << x0 + panel_w / 2 << "\" y=\"" << top + panel_h + 38
+        << "\" text-anchor=\"middle\">density (kept / causally visible blocks)</text>\n";
+    svg << "<text x=\"" << x0 - 55 << "\" y=\"" << top + panel_h / 2
+        << "\" text-anchor=\"middle\" transform=\"rotate(-90 " << x0 - 55 << " " << top + panel_h / 2
+        << ")\">bits per byte</text>\n";
+    svg << "<g clip-path=\"url(#panel" << index << ")\">\n";
+    svg << "<line x1=\"" << x(0) << "\" y1=\"" << y(dense_bits) << "\" x2=\"" << x(1) << "\" y2=\"" << y(dense_bits)
+        << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
+    std::size_t color = 0;
+    for (auto& [name, points] : series) {
+      std::sort(points.begin(), points.end());
+      const char* c = colors[color++ % 8];
+      const bool dashed = name.find("TopK") == std::string::npos;
+      svg << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"2\""
+          << (dashed ? " stroke-dasharray=\"3,3\"" : "") << " points=\"";
+      for (const auto& [d, b] : points) svg << x(d) << "," << y(b) << " ";
+      svg << "\"/>\n";
+      for (const auto& [d, b] : points)
+        svg << "<circle cx=\"" << x(d) << "\" cy=\"" << y(b) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
+    }
+    svg << "</g>\n";
+  };
+  const double pad = std::max(0.002, (high - low) * 0.05);
+  panel(0, low - pad, high + pad, "all settings");
+  panel(1, dense_bits - 0.002, dense_bits + 0.03, "zoom: within 0.03 bits of dense");
   double legend_y = top + 10;
-  svg << "<line x1=\"" << width - right + 15 << "\" y1=\"" << legend_y << "\" x2=\"" << width - right + 45 << "\" y2=\""
-      << legend_y << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/><text x=\"" << width - right + 50 << "\" y=\""
-      << legend_y + 4 << "\">dense attention</text>\n";
+  svg << "<line x1=\"" << legend_x << "\" y1=\"" << legend_y << "\" x2=\"" << legend_x + 30 << "\" y2=\"" << legend_y
+      << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/><text x=\"" << legend_x + 35 << "\" y=\"" << legend_y + 4
+      << "\">dense attention</text>\n";
   std::size_t color = 0;
-  for (auto& [name, points] : series) {
-    std::sort(points.begin(), points.end());
+  for (const auto& entry : series) {
     const char* c = colors[color++ % 8];
-    const bool dashed = name.find("TopK") == std::string::npos;
-    svg << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"2\""
-        << (dashed ? " stroke-dasharray=\"3,3\"" : "") << " points=\"";
-    for (const auto& [d, b] : points) svg << x(d) << "," << y(b) << " ";
-    svg << "\"/>\n";
-    for (const auto& [d, b] : points)
-      svg << "<circle cx=\"" << x(d) << "\" cy=\"" << y(b) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
+    const bool dashed = entry.first.find("TopK") == std::string::npos;
     legend_y += 20;
-    svg << "<line x1=\"" << width - right + 15 << "\" y1=\"" << legend_y << "\" x2=\"" << width - right + 45
-        << "\" y2=\"" << legend_y << "\" stroke=\"" << c << "\" stroke-width=\"2\""
-        << (dashed ? " stroke-dasharray=\"3,3\"" : "") << "/><text x=\"" << width - right + 50 << "\" y=\""
-        << legend_y + 4 << "\">" << name << "</text>\n";
+    svg << "<line x1=\"" << legend_x << "\" y1=\"" << legend_y << "\" x2=\"" << legend_x + 30 << "\" y2=\"" << legend_y
+        << "\" stroke=\"" << c << "\" stroke-width=\"2\"" << (dashed ? " stroke-dasharray=\"3,3\"" : "")
+        << "/><text x=\"" << legend_x + 35 << "\" y=\"" << legend_y + 4 << "\">" << entry.first << "</text>\n";
   }
   svg << "</svg>\n";
+}
+
+// Settings back from a results.csv this program wrote (for --plot-only).
+std::vector<Setting> read_results_csv(const std::string& path, double& dense_bits) {
+  const std::string text = engine::read_text_file(path);
+  std::vector<Setting> settings;
+  std::size_t at = text.find('\n');
+  while (at != std::string::npos && at + 1 < text.size()) {
+    const std::size_t end = text.find('\n', at + 1);
+    const auto fields = engine::split_list(text.substr(at + 1, end - at - 1));
+    at = end;
+    if (fields.size() != 6) throw seer::FormatError(path, "expected 6 comma-separated fields per line");
+    Setting s;
+    s.policy = fields[1] == "TopK"        ? PolicyKind::top_k
+               : fields[1] == "Threshold" ? PolicyKind::threshold
+               : fields[1] == "Nucleus"   ? PolicyKind::nucleus
+                                          : PolicyKind::dense;
+    s.gate = fields[0] == "MeanPoolGate" ? GateKind::mean_pool
+             : fields[0] == "OracleGate" ? GateKind::oracle
+                                         : GateKind::learned;
+    s.parameter = std::atof(fields[2].c_str());
+    s.target_density = std::atof(fields[3].c_str());
+    s.visible = 1000000;
+    s.kept = std::llround(std::atof(fields[4].c_str()) * 1e6);
+    s.bits.push_back(std::atof(fields[5].c_str()));
+    if (s.policy == PolicyKind::dense) dense_bits = s.bits.back();
+    settings.push_back(s);
+  }
+  return settings;
 }
 
 }  // namespace
@@ -401,6 +456,13 @@ void write_svg(const std::string& path, const std::vector<Setting>& settings, do
 int main(int argc, char** argv) {
   try {
     const Options options = parse_options(argc, argv);
+    if (options.plot_only) {
+      double dense_bits = 0.0;
+      const auto settings = read_results_csv(options.out_dir + "/results.csv", dense_bits);
+      write_svg(options.out_dir + "/bpb_vs_density.svg", settings, dense_bits);
+      std::printf("wrote %s/bpb_vs_density.svg\n", options.out_dir.c_str());
+      return 0;
+    }
     engine::Stopwatch clock;
     const auto model = engine::LlamaModel::load(options.model);
     const auto& config = model.config();
@@ -628,6 +690,7 @@ int main(int argc, char** argv) {
     md += "\nEvaluation time: " + engine::format_duration(clock.seconds()) + ".\n";
     std::ofstream(options.out_dir + "/results.md") << md;
     std::ofstream csv(options.out_dir + "/results.csv");
+    csv.precision(8);
     csv << "gate,policy,parameter,target_density,measured_density,bits_per_byte\n";
     for (const auto& s : settings)
       csv << (s.policy == PolicyKind::dense ? "dense" : gate_name(s.gate)) << "," << policy_name(s.policy) << ","
