@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -277,7 +278,7 @@ TEST_CASE("gate file: round trip of every layer's weights and metadata, mismatch
   std::vector<seer::LearnedGate> gates;
   gates.push_back(make_gate(small_config("Qavg_Kmaxminavg", 8, false), p, 61));
   gates.push_back(make_gate(small_config("Qavg_Kmaxminavg", 8, false), p, 62));
-  const std::string path = "seer_test_gate_file.safetensors";
+  const std::string path = (std::filesystem::temp_directory_path() / "seer_test_gate_file.safetensors").string();
   seer::training::write_gate_file(path, gates, {{"note", "test"}});
   seer::io::ModelConfig model;
   model.num_layers = 2;
