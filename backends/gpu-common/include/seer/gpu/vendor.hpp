@@ -1,8 +1,8 @@
 // The vendor layer: the only place where seer's device code names a GPU vendor's API.
 //
 // Kernels in seer/gpu/ are written once against these typed wrappers. This file has a CUDA branch
-// today; the HIP port adds a branch here (hipStream_t, wave64 on CDNA, mask-free shuffles) and the
-// kernels stay untouched. No #define aliases of vendor functions: an alias silently drops the lane
+// and a HIP branch (vendor_hip.hpp: hipStream_t, wave64 on CDNA, mask-free shuffles); kernels are
+// written once against both. No #define aliases of vendor functions: an alias silently drops the lane
 // mask of a shuffle or hides a 64-wide wavefront, a typed wrapper makes both visible.
 #pragma once
 
@@ -12,12 +12,17 @@
 #include "seer/core/error.hpp"
 #include "seer/core/numeric_types.hpp"
 
+#if defined(__HIPCC__)
+// AMD GPUs: the HIP branch lives in its own file; everything below this block is the CUDA branch.
+#include "seer/gpu/vendor_hip.hpp"
+#else  // CUDA branch, to the end of the file
+
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #else
-#error "seer/gpu/vendor.hpp needs a GPU compiler: include it from a .cu translation unit compiled by nvcc"
+#error "seer/gpu/vendor.hpp needs a GPU compiler: a .cu translation unit compiled by nvcc, or one compiled as HIP"
 #endif
 
 namespace seer::gpu::vendor {
@@ -50,7 +55,7 @@ void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
 
 // ---- Warp-level primitives --------------------------------------------------------------------------
 
-// A compile-time constant: the HIP branch will make this 64 on CDNA. Host code that needs the width
+// A compile-time constant: the HIP branch (vendor_hip.hpp) makes it 64 on CDNA. Host code that needs the width
 // of a particular device must ask the device, not this constant.
 inline constexpr int warp_size = 32;
 using lane_mask_t = std::uint32_t;
@@ -64,6 +69,18 @@ __device__ inline void sync_warp() { __syncwarp(all_lanes); }
 
 // True when `predicate` holds in every lane of the warp (a warp-uniform answer for branching).
 __device__ inline bool warp_all(bool predicate) { return __all_sync(all_lanes, predicate) != 0; }
+
+// Used by the width-parameterised algorithms (seer/gpu/warp_algorithms.hpp, seer/gpu/warp_exchange.hpp).
+__device__ inline int shuffle_xor(int value, int lane_offset) {
+  return __shfl_xor_sync(all_lanes, value, lane_offset, warp_size);
+}
+__device__ inline float broadcast(float value, int source_lane) {
+  return __shfl_sync(all_lanes, value, source_lane, warp_size);
+}
+__device__ inline int broadcast(int value, int source_lane) {
+  return __shfl_sync(all_lanes, value, source_lane, warp_size);
+}
+__device__ inline lane_mask_t ballot(bool predicate) { return __ballot_sync(all_lanes, predicate); }
 
 __device__ inline int lane_index() { return static_cast<int>(threadIdx.x) % warp_size; }
 __device__ inline int warp_index() { return static_cast<int>(threadIdx.x) / warp_size; }
@@ -135,3 +152,5 @@ __device__ inline void wait_async_copies() {
 }
 
 }  // namespace seer::gpu::vendor
+
+#endif  // CUDA branch

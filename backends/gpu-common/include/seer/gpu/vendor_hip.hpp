@@ -1,0 +1,141 @@
+// The HIP branch of the vendor layer (AMD GPUs). Include seer/gpu/vendor.hpp, not this file: it
+// selects this branch when the translation unit is compiled as HIP.
+//
+// The functions mirror the CUDA branch one for one, with the differences spelled out where they
+// arise: the wavefront is 64 lanes on CDNA (gfx9xx) and 32 on RDNA (gfx11xx, gfx12xx), lane masks
+// are 64-bit, HIP's shuffles take no mask, and there is no asynchronous global -> shared copy.
+#pragma once
+
+#include <hip/hip_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "seer/core/error.hpp"
+#include "seer/core/numeric_types.hpp"
+#include "seer/gpu/warp_algorithms.hpp"
+
+namespace seer::gpu::vendor {
+
+// ---- Runtime --------------------------------------------------------------------------------------
+
+using stream_t = hipStream_t;
+using error_t = hipError_t;
+
+inline constexpr const char* name = "HIP";
+
+inline bool succeeded(error_t error) { return error == hipSuccess; }
+inline const char* error_string(error_t error) { return hipGetErrorString(error); }
+
+// Every runtime call goes through here: a failure becomes a BackendError naming the call. (HIP marks
+// its API [[nodiscard]], so an unchecked call is also a compiler warning.)
+inline void check(error_t error, const char* what) {
+  if (!succeeded(error)) throw BackendError(std::string("seer: ") + what + " failed: " + error_string(error));
+}
+
+inline void check_last_launch(const char* kernel) { check(hipGetLastError(), kernel); }
+
+template <class Kernel>
+void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
+  check(hipFuncSetAttribute(reinterpret_cast<const void*>(kernel), hipFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "hipFuncSetAttribute(MaxDynamicSharedMemorySize)");
+}
+
+// ---- Warp-level primitives --------------------------------------------------------------------------
+
+// The wavefront width of the target being compiled: 64 on CDNA, 32 on RDNA. Only the device pass
+// knows it; clang's host pass of a HIP TU sees one value for all targets (64), so host code must
+// never size a launch from it: seer's HIP launches are given in threads, and a kernel derives its
+// warp count from this constant on the device.
+#if defined(__HIP_DEVICE_COMPILE__)
+inline constexpr int warp_size = __AMDGCN_WAVEFRONT_SIZE;
+#else
+inline constexpr int warp_size = 64;  // placeholder for the host pass (device-only code reads it)
+#endif
+using lane_mask_t = warp::LaneMask<warp_size>;
+inline constexpr lane_mask_t all_lanes = warp::all_lanes_mask<warp_size>();
+
+// HIP's shuffles have no lane mask: every lane of the wavefront takes part, which is what every seer
+// kernel does. `width` (a power of two up to warp_size) splits the wavefront into independent groups.
+__device__ inline float shuffle_xor(float value, int lane_offset) { return __shfl_xor(value, lane_offset, warp_size); }
+__device__ inline int shuffle_xor(int value, int lane_offset) { return __shfl_xor(value, lane_offset, warp_size); }
+__device__ inline float broadcast(float value, int source_lane) { return __shfl(value, source_lane, warp_size); }
+__device__ inline int broadcast(int value, int source_lane) { return __shfl(value, source_lane, warp_size); }
+
+// Bit l set when lane l's predicate holds; 64 bits on a 64-lane wavefront.
+__device__ inline lane_mask_t ballot(bool predicate) { return static_cast<lane_mask_t>(__ballot(predicate)); }
+
+// A wavefront executes in lock step; what a warp synchronisation must still provide is ordering of
+// its shared-memory accesses, hence the fences around the wave barrier.
+__device__ inline void sync_warp() {
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+}
+
+__device__ inline bool warp_all(bool predicate) { return ballot(predicate) == all_lanes; }
+
+__device__ inline int lane_index() { return static_cast<int>(threadIdx.x) % warp_size; }
+__device__ inline int warp_index() { return static_cast<int>(threadIdx.x) / warp_size; }
+
+// 2^x in the transcendental unit (v_exp_f32): exp2(-inf) is +0, which the online softmax relies on.
+__device__ inline float fast_exp2(float x) { return __builtin_amdgcn_exp2f(x); }
+
+// ---- 16-bit element types ---------------------------------------------------------------------------
+
+namespace detail {
+// float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN.
+__device__ inline std::uint32_t bfloat16_bits(float value) {
+  const std::uint32_t bits = __float_as_uint(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+__device__ inline std::uint32_t half_bits(float value) {
+  return __builtin_bit_cast(std::uint16_t, static_cast<_Float16>(value));
+}
+}  // namespace detail
+
+template <class T>
+struct element_traits {
+  static_assert(sizeof(T) == 0, "seer GPU kernels take seer::bfloat16 or seer::half elements");
+};
+
+template <>
+struct element_traits<seer::bfloat16> {
+  using device_type = seer::bfloat16;  // the storage type is already the device layout (2 bytes)
+  __device__ static std::uint32_t pack(float low, float high) {
+    return detail::bfloat16_bits(low) | (detail::bfloat16_bits(high) << 16);
+  }
+};
+
+template <>
+struct element_traits<seer::half> {
+  using device_type = _Float16;
+  __device__ static std::uint32_t pack(float low, float high) {
+    return detail::half_bits(low) | (detail::half_bits(high) << 16);
+  }
+};
+
+static_assert(sizeof(_Float16) == sizeof(seer::half) && sizeof(seer::bfloat16) == 2,
+              "seer's 16-bit storage types must match the device types bit for bit");
+
+// ---- Global -> shared copies -------------------------------------------------------------------------
+
+// CDNA2/3 and RDNA3 have no asynchronous global -> shared copy that HIP exposes portably: the copy is
+// a plain 16-byte load and store, and the commit/wait calls are empty (the __syncthreads that
+// follows every wait in seer's kernels still orders the stores for the other threads).
+__device__ inline void copy_async_16_bytes(void* shared_destination, const void* global_source, bool valid) {
+  const uint4 data = valid ? *static_cast<const uint4*>(global_source) : make_uint4(0u, 0u, 0u, 0u);
+  *static_cast<uint4*>(shared_destination) = data;
+}
+
+__device__ inline void copy_async_16_bytes(void* shared_destination, const void* global_source) {
+  *static_cast<uint4*>(shared_destination) = *static_cast<const uint4*>(global_source);
+}
+
+__device__ inline void commit_async_copies() {}
+
+template <int Pending>
+__device__ inline void wait_async_copies() {}
+
+}  // namespace seer::gpu::vendor
