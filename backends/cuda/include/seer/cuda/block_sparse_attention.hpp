@@ -20,6 +20,7 @@
 // sequence lengths and this causal flag (DeviceBlockSet keeps the geometries for such checks).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -54,12 +55,33 @@ void require_vector_aligned(const SequenceBatch<T>& batch, const char* name) {
   require(batch.max_length >= 0, name, "max_length is ", batch.max_length, ", expected >= 0");
 }
 
+// How many groups of consecutive query heads the grid walks one after another (the kernel's grid y).
+// A group's K/V should stay in L2 while its CTAs run (they all read it), so a group holds at most
+// as many heads as fit in half the L2 (the other half: Q, the output, and the L2's split into two
+// partitions). Groups of near-equal size: one small last group would put its longest CTAs at the end.
+template <class T>
+std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64_t heads) {
+  int device = 0;
+  int l2_bytes = 0;
+  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
+  gpu::vendor::check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device),
+                     "cudaDeviceGetAttribute(L2CacheSize)");
+  // K and V bytes per query head (query heads of one KV head share them under GQA).
+  const std::int64_t kv_bytes_per_head = std::max<std::int64_t>(
+      1, 2 * params.k.max_length * params.k.head_dim * static_cast<std::int64_t>(sizeof(T)) / params.group);
+  std::int64_t heads_per_group = std::max<std::int64_t>(1, l2_bytes / 2 / kv_bytes_per_head);
+  heads_per_group = std::min(heads_per_group, 2147483647 / params.max_query_tiles);  // grid x stays in range
+  return (heads + heads_per_group - 1) / heads_per_group;
+}
+
 template <class T, int HeadDim>
 void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch, cudaStream_t stream) {
   using Traits = gpu::PrefillTraits<T, HeadDim>;
   auto* kernel = &gpu::block_sparse_prefill_kernel<T, HeadDim>;
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
-  const dim3 grid(static_cast<unsigned>(params.max_query_tiles), static_cast<unsigned>(heads),
+  const std::int64_t groups = prefill_head_groups(params, heads);
+  const std::int64_t largest_group = (heads + groups - 1) / groups;
+  const dim3 grid(static_cast<unsigned>(params.max_query_tiles * largest_group), static_cast<unsigned>(groups),
                   static_cast<unsigned>(batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
   gpu::vendor::check_last_launch("block_sparse_prefill_kernel launch");
