@@ -20,27 +20,11 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/block_set.hpp"
 #include "seer/core/sequence_batch.hpp"
+#include "seer/gpu/prefill_params.hpp"
 #include "seer/gpu/tensor_core.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::gpu {
-
-// Everything the kernel reads, passed by value. Device pointers only.
-template <class T>
-struct PrefillParams {
-  SequenceBatch<const T> q, k, v;
-  SequenceBatch<T> out;
-  float* lse = nullptr;  // [Hq, total_q] or null
-  std::int64_t lse_head_stride = 0;
-  std::int64_t lse_token_stride = 0;
-  BlockSetView blocks;      // valid when has_blocks
-  bool has_blocks = false;  // false: dense (every visible tile)
-  bool causal = true;
-  std::int64_t group = 1;            // query heads per KV head
-  std::int64_t tiles_per_block = 1;  // BlockSet block_size / tile size
-  std::int64_t max_query_tiles = 0;  // grid x extent: tiles of the longest query sequence
-  float scale_log2 = 0.0f;           // softmax_scale * log2(e)
-};
 
 // Tile shapes and shared-memory budget per head dim. The primary template is the one to
 // instantiate; kSupported guards the head dims the fragment loops are written for.

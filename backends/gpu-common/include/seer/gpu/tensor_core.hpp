@@ -2,12 +2,17 @@
 //
 // NVIDIA branch: mma.sync m16n8k16 (16-bit inputs, fp32 accumulators, sm_80 and newer) and
 // ldmatrix. The fragment layouts below are the ones the PTX ISA documents for these instructions;
-// the HIP port supplies MFMA/WMMA equivalents with its own layouts in a branch of this header.
+// under HIP this header includes tensor_core_amd.hpp instead (MFMA/WMMA, with their own layouts).
 //
 // Shared-memory tiles hold rows of head_dim 16-bit elements as 16-byte chunks. Chunk c of row r is
 // stored at chunk position c ^ (r % 8): the 8 rows an ldmatrix reads at once then hit 8 different
 // 16-byte bank groups, so neither the loads nor the asynchronous copies conflict.
 #pragma once
+
+#if defined(__HIPCC__)
+// AMD GPUs: MFMA / WMMA / portable tiles with their own layouts, in their own file.
+#include "seer/gpu/tensor_core_amd.hpp"
+#else  // NVIDIA branch, to the end of the file
 
 #include <cstdint>
 
@@ -75,3 +80,5 @@ struct matrix_multiply_accumulate<seer::half> {
 };
 
 }  // namespace seer::gpu
+
+#endif  // NVIDIA branch
