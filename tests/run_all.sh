@@ -12,6 +12,10 @@
 #   format    clang-format --dry-run --Werror over include/ backends/ tests/ examples/ bench/
 #   fuzz      clang++ (19 if present) with libFuzzer + ASan + UBSan: builds tests/fuzz (one target per file
 #             parser) and runs each for SEER_FUZZ_SECONDS (default 20) from its seed corpus; any crash fails
+#   hip       clang-19 + Debian's ROCm 5.2 headers: compiles the HIP backend and the HIP tests for gfx90a, gfx942
+#             and gfx1100 (tests/hip, stand-in device libraries for the two targets ROCm 5.2 lacks), checks that
+#             every object holds an amdgcn code object for its target, links the gfx90a test executable and
+#             runs it (it skips its device cases without an AMD GPU)
 #
 # Missing tools and libraries are installed with apt-get first. Environment: SEER_JOBS (parallel jobs,
 # default nproc), SEER_CI_CLEAN=1 (delete the build directories first).
@@ -106,6 +110,25 @@ run_fuzz_stage() {
   fi
 }
 
+run_hip_stage() {
+  # shellcheck source=../cmake/install_dependencies.sh
+  source "$repo_root/cmake/install_dependencies.sh"
+  install_missing_packages clang-19 clang-tools-19 lld-19 libamdhip64-dev rocm-device-libs
+  local build_dir=build/ci-hip
+  if [[ "${SEER_CI_CLEAN:-0}" == "1" ]]; then
+    rm -rf "$build_dir"
+  fi
+  cmake -S "$repo_root" -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release \
+    -DSEER_WARNINGS_AS_ERRORS=ON -DSEER_CXX_STANDARD=17 -DSEER_ENABLE_CUDA=OFF -DSEER_ENABLE_HIP=ON \
+    -DSEER_HIP_ARCHITECTURES="gfx90a;gfx942;gfx1100" -DSEER_BUILD_TESTS=ON -DSEER_BUILD_EXAMPLES=OFF \
+    -DSEER_BUILD_BENCH=OFF -DSEER_INSTALL=OFF
+  # Only the HIP targets: the CPU suites are built and run by the other stages.
+  cmake --build "$build_dir" --target seer_hip_check seer_hip_tests -j "$jobs"
+  echo "== hip: code objects per object file"
+  cat "$build_dir"/tests/hip/*.o.checked | sort | uniq -c
+  (cd "$build_dir" && ctest --output-on-failure --no-tests=error -R '^seer_hip_tests$')
+}
+
 run_stage() {
   case "$1" in
     gcc)
@@ -134,8 +157,11 @@ run_stage() {
     fuzz)
       run_fuzz_stage
       ;;
+    hip)
+      run_hip_stage
+      ;;
     *)
-      echo "run_all.sh: unknown stage '$1' (stages: gcc clang sanitize format fuzz)" >&2
+      echo "run_all.sh: unknown stage '$1' (stages: gcc clang sanitize format fuzz hip)" >&2
       return 2
       ;;
   esac
@@ -155,7 +181,7 @@ install_missing_packages cmake g++ clang clang-format ninja-build libeigen3-dev 
 
 stages=("$@")
 if ((${#stages[@]} == 0)); then
-  stages=(gcc clang sanitize format fuzz)
+  stages=(gcc clang sanitize format fuzz hip)
 fi
 
 declare -a summary=()
