@@ -88,6 +88,27 @@ struct GateType {
   }
 };
 
+// The weight shapes a gate configuration implies, known before any weight exists, so that loaders
+// can check a checkpoint against its config and the gate itself uses the same rule. The released
+// gates are single-linear (no q projection, k projection per query head); extra Q pools, dg != D or
+// force_double select the double-linear layout (q projection per query head, k projection per KV head).
+struct LearnedGateLayout {
+  bool double_linear = false;
+  std::vector<std::int64_t> k_shape;  // [key heads, |k pools| * D, dg]
+  std::vector<std::int64_t> q_shape;  // [Hq, |q pools| * D, dg], empty when there is no q projection
+
+  static LearnedGateLayout of(const GateType& type, const LearnedGateConfig& config, std::int64_t num_q_heads,
+                              std::int64_t num_kv_heads, std::int64_t head_dim) {
+    LearnedGateLayout layout;
+    layout.double_linear = type.query_pools.size() > 1 || config.hidden_size != head_dim || config.force_double;
+    layout.k_shape = {layout.double_linear ? num_kv_heads : num_q_heads,
+                      static_cast<std::int64_t>(type.key_pools.size()) * head_dim, config.hidden_size};
+    if (layout.double_linear)
+      layout.q_shape = {num_q_heads, static_cast<std::int64_t>(type.query_pools.size()) * head_dim, config.hidden_size};
+    return layout;
+  }
+};
+
 class LearnedGate {
  public:
   LearnedGate(LearnedGateConfig config, std::int64_t num_q_heads, std::int64_t num_kv_heads, std::int64_t head_dim,
@@ -98,6 +119,7 @@ class LearnedGate {
         num_kv_heads_(num_kv_heads),
         head_dim_(head_dim),
         rope_(checked_rope(config_, num_q_heads, num_kv_heads, head_dim)),
+        double_linear_(LearnedGateLayout::of(type_, config_, num_q_heads, num_kv_heads, head_dim).double_linear),
         k_projection_(std::move(k_projection)),
         q_projection_(std::move(q_projection)) {
     const std::int64_t dg = config_.hidden_size;
@@ -182,9 +204,7 @@ class LearnedGate {
   const RotaryEmbedding& rotary_embedding() const { return rope_; }
 
   // True for the double-linear layout (a q projection exists and K is projected per KV head).
-  bool has_q_projection() const {
-    return type_.query_pools.size() > 1 || config_.hidden_size != head_dim_ || config_.force_double;
-  }
+  bool has_q_projection() const { return double_linear_; }
   // Heads of the k projection: KV heads in the double-linear layout, query heads otherwise.
   std::int64_t key_heads() const { return has_q_projection() ? num_kv_heads_ : num_q_heads_; }
   std::int64_t query_input_width() const { return static_cast<std::int64_t>(type_.query_pools.size()) * head_dim_; }
@@ -243,6 +263,7 @@ class LearnedGate {
   std::int64_t num_kv_heads_;
   std::int64_t head_dim_;
   RotaryEmbedding rope_;
+  bool double_linear_;
   std::vector<float> k_projection_;
   std::vector<float> q_projection_;
 };

@@ -122,10 +122,10 @@ inline std::vector<LearnedGate> load_prefill_gates(const GateWeightFile& weights
   } catch (const InvalidArgument& error) {
     throw FormatError(source, std::string("seerattn_gate_type: ") + error.what());
   }
-  const bool double_linear = type.query_pools.size() > 1 || dg != dim || gate_config.force_double;
-  const std::vector<std::int64_t> k_shape = {double_linear ? hkv : hq,
-                                             static_cast<std::int64_t>(type.key_pools.size()) * dim, dg};
-  const std::vector<std::int64_t> q_shape = {hq, static_cast<std::int64_t>(type.query_pools.size()) * dim, dg};
+  const LearnedGateLayout layout = LearnedGateLayout::of(type, gate_config, hq, hkv, dim);
+  const bool double_linear = layout.double_linear;
+  const std::vector<std::int64_t>& k_shape = layout.k_shape;
+  const std::vector<std::int64_t>& q_shape = layout.q_shape;
 
   // Recognise checkpoints that do not hold prefill gates at all, and layers beyond the config.
   for (const auto& name : weights.names()) {

@@ -19,13 +19,14 @@
 
 #include "seer/core/error.hpp"
 #include "seer/gate/learned_gate.hpp"
+#include "seer/io/gate_weights.hpp"
 #include "seer/io/model_config.hpp"
 #include "seer/io/safetensors.hpp"
 
 namespace seer::training {
 
 inline std::string gate_tensor_name(std::int64_t layer, const char* projection) {
-  return "model.layers." + std::to_string(layer) + ".self_attn.attn_gate.mask_linear_" + projection + ".weight";
+  return io::prefill_gate_key(layer, std::string("mask_linear_") + projection);
 }
 
 inline void write_gate_file(const std::string& path, const std::vector<LearnedGate>& gates,
@@ -92,12 +93,12 @@ inline GateFile read_gate_file(const std::string& path, const io::ModelConfig& m
   };
   if (entry("format") != "seer-learned-gates/1")
     throw FormatError(path, "metadata format is \"" + entry("format") + "\", expected seer-learned-gates/1");
-  LearnedGateConfig config;
-  config.gate_type = entry("gate_type");
-  config.block_size = integer("block_size");
-  config.hidden_size = integer("hidden_size");
-  config.force_double = entry("force_double") == "true";
-  config.rope = model.rope;
+  // The file's gate settings stand in for the seerattn_* keys; heads, head dim and RoPE are the model's.
+  io::ModelConfig described = model;
+  described.seer.gate_type = entry("gate_type");
+  described.seer.gate_block_size = integer("block_size");
+  described.seer.gate_hidden_size = integer("hidden_size");
+  described.seer.gate_force_double = entry("force_double") == "true";
   const std::int64_t layers = integer("num_layers");
   if (layers != model.num_layers || integer("num_q_heads") != model.num_q_heads ||
       integer("num_kv_heads") != model.num_kv_heads || integer("head_dim") != model.head_dim)
@@ -108,20 +109,7 @@ inline GateFile read_gate_file(const std::string& path, const io::ModelConfig& m
                                 std::to_string(model.head_dim));
   GateFile result;
   result.metadata = metadata;
-  for (std::int64_t l = 0; l < layers; ++l) {
-    // The layout rule of LearnedGate::has_q_projection, needed before a gate exists.
-    const GateType type = GateType::parse(config.gate_type);
-    const std::int64_t k_width = static_cast<std::int64_t>(type.key_pools.size()) * model.head_dim;
-    const std::int64_t q_width = static_cast<std::int64_t>(type.query_pools.size()) * model.head_dim;
-    const bool double_linear =
-        type.query_pools.size() > 1 || config.hidden_size != model.head_dim || config.force_double;
-    const std::int64_t key_heads = double_linear ? model.num_kv_heads : model.num_q_heads;
-    auto k = file.read_float(gate_tensor_name(l, "k"), {key_heads, k_width, config.hidden_size});
-    std::vector<float> q;
-    if (double_linear) q = file.read_float(gate_tensor_name(l, "q"), {model.num_q_heads, q_width, config.hidden_size});
-    result.gates.emplace_back(config, model.num_q_heads, model.num_kv_heads, model.head_dim, std::move(k),
-                              std::move(q));
-  }
+  result.gates = io::load_prefill_gates(io::GateWeightFile(file), described);
   return result;
 }
 
