@@ -7,6 +7,12 @@
 #include "seer/cuda/device_block_set.hpp"
 #include "seer/gpu/vendor.hpp"
 
+// The attention call the runner exercises: seer::cuda's, unless a TU that includes this file chose
+// another (device_attention_runner_amd_kernel.cu: the AMD kernel compiled for NVIDIA).
+#ifndef SEER_TEST_ATTENTION_CALL
+#define SEER_TEST_ATTENTION_CALL cuda::block_sparse_attention
+#endif
+
 namespace seer::gpu_test {
 
 namespace {
@@ -96,14 +102,14 @@ void run_on_device(const HostAttentionCall<T>& call) {
 
   Stream stream;
   if (!call.capture_in_graph) {
-    cuda::block_sparse_attention<T>(device_q, device_k, device_v, block_view, call.options, device_out, device_lse,
-                                    stream.get());
+    SEER_TEST_ATTENTION_CALL<T>(device_q, device_k, device_v, block_view, call.options, device_out, device_lse,
+                                stream.get());
   } else {
     cudaGraph_t graph = nullptr;
     check(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
     try {
-      cuda::block_sparse_attention<T>(device_q, device_k, device_v, block_view, call.options, device_out, device_lse,
-                                      stream.get());
+      SEER_TEST_ATTENTION_CALL<T>(device_q, device_k, device_v, block_view, call.options, device_out, device_lse,
+                                  stream.get());
     } catch (...) {
       static_cast<void>(cudaStreamEndCapture(stream.get(), &graph));
       if (graph != nullptr) static_cast<void>(cudaGraphDestroy(graph));
@@ -189,8 +195,8 @@ std::vector<LongSequenceSlice> run_long_sequence(std::int64_t tokens, std::int64
       padded_batch(TensorView<bfloat16, 4>::contiguous(out.get(), {1, tokens, heads, kHeadDim}), "out");
   const auto lse_view = TensorView<float, 2>::contiguous(lse.get(), {heads, tokens});
   Stream stream;
-  cuda::block_sparse_attention<bfloat16>(batch, k_batch, v_batch, blocks.view(), AttentionOptions{}, out_batch,
-                                         lse_view, stream.get());
+  SEER_TEST_ATTENTION_CALL<bfloat16>(batch, k_batch, v_batch, blocks.view(), AttentionOptions{}, out_batch, lse_view,
+                                     stream.get());
   check(cudaStreamSynchronize(stream.get()), "cudaStreamSynchronize");
 
   std::vector<LongSequenceSlice> slices;

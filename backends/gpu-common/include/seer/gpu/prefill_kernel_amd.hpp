@@ -15,7 +15,9 @@
 //   - LDS is 64 KiB per workgroup on CDNA: K and V share one buffer, and head dim 256 walks each
 //     64-key tile in two 32-key halves (Q 32 KiB + K/V 16 KiB + P 4 KiB).
 // Correctness on AMD hardware has not been run (no AMD GPU was available); CI compiles it for gfx90a
-// (MFMA), gfx942 (MFMA) and gfx1100 (WMMA).
+// (MFMA), gfx942 (MFMA) and gfx1100 (WMMA). nvcc compiles it too (portable tile path, 32-lane RDNA
+// layout): tests/gpu runs the shared GPU suite against it on NVIDIA hardware, which checks everything
+// but the MFMA/WMMA operand layouts and the 64-lane case.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +25,7 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/block_set.hpp"
 #include "seer/gpu/prefill_params.hpp"
-#include "seer/gpu/tensor_core.hpp"
+#include "seer/gpu/tensor_core_amd.hpp"
 #include "seer/gpu/vendor.hpp"
 #include "seer/gpu/warp_algorithms.hpp"
 #include "seer/gpu/warp_exchange.hpp"
@@ -97,8 +99,8 @@ __global__ void block_sparse_prefill_kernel_amd(const PrefillParams<T> params) {
   }
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
-  extern __shared__ unsigned char shared_bytes[];
-  T* const shared_query = reinterpret_cast<T*>(shared_bytes);
+  extern __shared__ uint4 amd_shared_chunks[];  // 16-byte aligned, like every tile row
+  T* const shared_query = reinterpret_cast<T*>(amd_shared_chunks);
   T* const shared_key_value = shared_query + Traits::kQueryElements;
   T* const shared_probabilities = shared_key_value + Traits::kKeyValueElements;
 

@@ -1,4 +1,5 @@
-// The AMD branch of seer/gpu/tensor_core.hpp (include that file; it selects this one under HIP).
+// The AMD branch of seer/gpu/tensor_core.hpp (which includes this file under HIP). nvcc compiles it
+// too, taking the portable path, so the AMD kernel's logic can be tested on NVIDIA hardware.
 //
 // One warp multiplies 16x16x16 tiles: accumulator[16x16] += A[16x16] * B[16x16], fp32 accumulators,
 // 16-bit inputs read from (shared) memory through TileOperand views. The accumulator layout is
