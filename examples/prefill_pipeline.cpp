@@ -2,12 +2,15 @@
 //
 // Runs gutenberg-byte-llama-8k (or any Llama checkpoint) over the start of a book. At every layer
 // the engine's attention call computes dense attention (which the model continues with) and, on the
-// same Q/K/V, seer's block-sparse attention with a training-free gate (MeanPoolGate) and with the
-// oracle gate (true block attention mass), both selecting blocks with TopK at a target density.
+// same Q/K/V, seer's block-sparse attention with the distilled LearnedGate (when a gate file is
+// given), the training-free MeanPoolGate and the oracle gate (true block attention mass), all
+// selecting blocks with TopK at a target density.
 // It prints, per layer, the density reached, the error of the sparse output against dense
 // attention, and the times of dense attention, gate + selection, and sparse attention.
 //
-//   prefill_pipeline [--model DIR] [--text FILE] [--tokens N] [--density D] [--threads T]
+//   prefill_pipeline [--model DIR] [--text FILE] [--gates FILE] [--tokens N] [--density D] [--threads T]
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,20 +18,24 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "llama_engine.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
+#include "seer/gate/learned_gate.hpp"
 #include "seer/gate/mean_pool_gate.hpp"
 #include "seer/gate/oracle_gate.hpp"
 #include "seer/selection/select_blocks.hpp"
 #include "seer/selection/top_k.hpp"
+#include "seer/training/gate_file.hpp"
 
 namespace {
 
 struct Options {
   std::string model = "../shared/data/models/gutenberg-byte-llama-8k";
   std::string text = "../shared/data/text/10004.txt";
+  std::string gates;  // seer gate file (examples/distill_gates.cpp); empty: no learned gate
   std::int64_t tokens = 4096;
   double density = 0.3;
   int threads = 0;
@@ -49,6 +56,8 @@ Options parse_options(int argc, char** argv) {
       options.model = value();
     } else if (flag == "--text") {
       options.text = value();
+    } else if (flag == "--gates") {
+      options.gates = value();
     } else if (flag == "--tokens") {
       options.tokens = std::atoll(value().c_str());
     } else if (flag == "--density") {
@@ -57,7 +66,8 @@ Options parse_options(int argc, char** argv) {
       options.threads = std::atoi(value().c_str());
     } else {
       std::fprintf(stderr,
-                   "usage: prefill_pipeline [--model DIR] [--text FILE] [--tokens N] [--density D] [--threads T]\n");
+                   "usage: prefill_pipeline [--model DIR] [--text FILE] [--gates FILE] [--tokens N] [--density D] "
+                   "[--threads T]\n");
       std::exit(2);
     }
   }
@@ -108,6 +118,8 @@ int main(int argc, char** argv) {
     std::printf("seer prefill pipeline: model %s\n", options.model.c_str());
     const auto model = engine::LlamaModel::load(options.model);
     const auto& config = model.config();
+    std::vector<seer::LearnedGate> learned;
+    if (!options.gates.empty()) learned = seer::training::read_gate_file(options.gates, config).gates;
     std::ifstream file(options.text, std::ios::binary);
     if (!file) throw seer::FormatError(options.text, "cannot open the text file");
     std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
@@ -120,7 +132,8 @@ int main(int argc, char** argv) {
     std::printf("%5s  %-9s  %7s  %10s  %10s  %9s  %10s  %9s  %8s\n", "layer", "gate", "density", "max error",
                 "rel error", "dense ms", "select ms", "sparse ms", "speedup");
 
-    double total_dense_ms = 0.0, total_sparse_ms = 0.0, total_select_ms = 0.0;
+    // Per gate, over all layers: dense ms, gate + selection ms, sparse ms, in the order first seen.
+    std::vector<std::pair<std::string, std::array<double, 3>>> totals;
     const auto policy = seer::TopK::target_density(options.density);
     const auto logits = model.forward(tokens, [&](const engine::LayerAttention& call) {
       const seer::TensorView<float, 2> no_lse{};
@@ -132,19 +145,26 @@ int main(int argc, char** argv) {
                                      call.out.data + call.q.batch * call.q.max_length * call.q.heads * call.q.head_dim);
 
       auto report = [&](const char* gate, const Comparison& c) {
+        auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& entry) { return entry.first == gate; });
+        if (it == totals.end()) it = totals.insert(totals.end(), {gate, {0.0, 0.0, 0.0}});
+        it->second[0] += dense_ms;
+        it->second[1] += c.select_ms;
+        it->second[2] += c.sparse_ms;
         std::printf("%5lld  %-9s  %7.3f  %10.2e  %10.2e  %9.1f  %10.1f  %9.1f  %7.2fx\n",
                     static_cast<long long>(call.layer), gate, c.density, c.max_error, c.relative_error, dense_ms,
                     c.select_ms, c.sparse_ms, dense_ms / (c.select_ms + c.sparse_ms));
       };
+      if (!learned.empty()) {
+        const auto select_start = std::chrono::steady_clock::now();
+        const auto scores = learned[call.layer].score(call.q_before_rope, call.k_before_rope, true, options.threads);
+        const auto blocks = seer::select_blocks(scores, policy, {}, options.threads);
+        report("learned", compare_with_dense(call, blocks, dense, milliseconds_since(select_start), options.threads));
+      }
       {
         const auto select_start = std::chrono::steady_clock::now();
         const auto scores = seer::MeanPoolGate{64}.score(call.q, call.k, true, options.threads);
         const auto blocks = seer::select_blocks(scores, policy, {}, options.threads);
-        const auto c = compare_with_dense(call, blocks, dense, milliseconds_since(select_start), options.threads);
-        report("mean-pool", c);
-        total_dense_ms += dense_ms;
-        total_sparse_ms += c.sparse_ms;
-        total_select_ms += c.select_ms;
+        report("mean-pool", compare_with_dense(call, blocks, dense, milliseconds_since(select_start), options.threads));
       }
       {
         const auto select_start = std::chrono::steady_clock::now();
@@ -153,10 +173,10 @@ int main(int argc, char** argv) {
         report("oracle", compare_with_dense(call, blocks, dense, milliseconds_since(select_start), options.threads));
       }
     });
-    std::printf(
-        "\nmean-pool gate, all layers: dense attention %.1f ms, gate + selection %.1f ms, sparse attention "
-        "%.1f ms (%.2fx)\n",
-        total_dense_ms, total_select_ms, total_sparse_ms, total_dense_ms / (total_select_ms + total_sparse_ms));
+    std::printf("\nall layers:\n");
+    for (const auto& [gate, ms] : totals)
+      std::printf("  %-9s dense attention %8.1f ms, gate + selection %7.1f ms, sparse attention %7.1f ms (%.2fx)\n",
+                  gate.c_str(), ms[0], ms[1], ms[2], ms[0] / (ms[1] + ms[2]));
     std::printf("dense model: %.3f bits per byte on this text\n", engine::LlamaModel::bits_per_token(logits, tokens));
     std::printf(
         "(oracle selection needs the full attention map: it shows what a perfect gate could keep, not a "

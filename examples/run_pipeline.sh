@@ -43,7 +43,8 @@ cmake -S . -B build/pipeline "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "-DCMA
 cmake --build build/pipeline -j "${SEER_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 echo
-build/pipeline/examples/prefill_pipeline --model "$model" --text "$text" --tokens 8192 "$@"
+build/pipeline/examples/prefill_pipeline --model "$model" --text "$text" --tokens 8192 \
+  --gates bench/gate_quality/learned_gates.safetensors "$@"
 if [[ "$cuda" == "ON" && -x build/pipeline/examples/gpu/prefill_pipeline_cuda ]]; then
   echo
   build/pipeline/examples/gpu/prefill_pipeline_cuda --model "$model" --text "$text" --tokens 8192 "$@"
