@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: configure + build the CUDA tests and the benchmark library, run the
 # tests, the tests under compute-sanitizer (memcheck, racecheck), and the benchmark.
-#   bench/gpu/device_run.sh [build] [test] [sanitize] [bench] [ptxas]   (default: all four main stages)
+#   bench/gpu/device_run.sh [build] [test] [sanitize] [bench] [ptxas] [example]   (default: the first four)
+# `example` builds and runs examples/gpu/prefill_pipeline_cuda on the model in .carry/model (the
+# gutenberg-byte-llama-8k checkpoint) and the book in .carry/text.
 # Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
 # none installed. Logs go to $OUT (or ./device-out).
 set -uo pipefail
@@ -65,6 +67,17 @@ fi
 if has bench; then
   PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
     --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+if has example; then
+  start=$SECONDS
+  if cmake -S . -B $BUILD -DSEER_BUILD_EXAMPLES=ON "-DCMAKE_CXX_FLAGS=-march=native" >>"$OUT/build.log" 2>&1 &&
+      cmake --build $BUILD --target seer_example_prefill_pipeline_cuda -j16 >>"$OUT/build.log" 2>&1; then
+    timeout 300 $BUILD/examples/gpu/prefill_pipeline_cuda --model .carry/model --text .carry/text/10004.txt \
+      --gates bench/gate_quality/learned_gates.safetensors --tokens 8192 2>&1 | tee "$OUT/example.log" || status=1
+    echo "example: $((SECONDS - start)) s"
+  else
+    grep -E -B2 -A6 'error' "$OUT/build.log" | head -60; status=1
+  fi
 fi
 if has profile; then
   timeout 300 ncu -k regex:block_sparse_prefill --section SpeedOfLight --section MemoryWorkloadAnalysis \
