@@ -9,12 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "../llama_engine.hpp"
+#include "../text_windows.hpp"
 #include "cuda_layer_attention.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
 #include "seer/gate/learned_gate.hpp"
@@ -89,9 +88,7 @@ int main(int argc, char** argv) {
     const auto& config = model.config();
     std::vector<seer::LearnedGate> learned;
     if (!options.gates.empty()) learned = seer::training::read_gate_file(options.gates, config).gates;
-    std::ifstream file(options.text, std::ios::binary);
-    if (!file) throw seer::FormatError(options.text, "cannot open the text file");
-    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    std::string text = engine::read_text_file(options.text);
     if (static_cast<std::int64_t>(text.size()) > options.tokens) text.resize(static_cast<std::size_t>(options.tokens));
     const auto tokens = engine::bytes_as_tokens(text);
     std::printf(
