@@ -70,7 +70,7 @@ if has bench; then
 fi
 if has example; then
   start=$SECONDS
-  if cmake -S . -B $BUILD -DSEER_BUILD_EXAMPLES=ON "-DCMAKE_CXX_FLAGS=-march=native" >>"$OUT/build.log" 2>&1 &&
+  if cmake -S . -B $BUILD -DSEER_BUILD_EXAMPLES=ON "-DCMAKE_CXX_FLAGS=-mavx2 -mfma" >>"$OUT/build.log" 2>&1 &&
       cmake --build $BUILD --target seer_example_prefill_pipeline_cuda -j16 >>"$OUT/build.log" 2>&1; then
     timeout 300 $BUILD/examples/gpu/prefill_pipeline_cuda --model .carry/model --text .carry/text/10004.txt \
       --gates bench/gate_quality/learned_gates.safetensors --tokens 8192 2>&1 | tee "$OUT/example.log" || status=1
