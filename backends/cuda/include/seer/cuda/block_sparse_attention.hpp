@@ -31,29 +31,15 @@
 #include "seer/core/numeric_types.hpp"
 #include "seer/core/sequence_batch.hpp"
 #include "seer/core/tensor_view.hpp"
+#include "seer/gpu/prefill_arguments.hpp"
 #include "seer/gpu/prefill_kernel.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::cuda {
 
-// Head dims with a compiled kernel.
-inline bool prefill_supports_head_dim(std::int64_t head_dim) {
-  return head_dim == 64 || head_dim == 128 || head_dim == 256;
-}
+inline bool prefill_supports_head_dim(std::int64_t head_dim) { return gpu::prefill_supports_head_dim(head_dim); }
 
 namespace detail {
-
-template <class T>
-void require_vector_aligned(const SequenceBatch<T>& batch, const char* name) {
-  // Tiles move 16-byte chunks (8 elements): every vector must start on a 16-byte boundary.
-  require(reinterpret_cast<std::uintptr_t>(batch.data) % 16 == 0, name,
-          "data must be 16-byte aligned for vectorised loads");
-  require(batch.dim_stride == 1, name, "dim stride is ", batch.dim_stride, ", expected 1 (contiguous head vectors)");
-  require(batch.token_stride % 8 == 0 && batch.head_stride % 8 == 0 && batch.batch_stride % 8 == 0, name,
-          "token, head and batch strides (", batch.token_stride, ", ", batch.head_stride, ", ", batch.batch_stride,
-          ") must be multiples of 8 elements for 16-byte loads");
-  require(batch.max_length >= 0, name, "max_length is ", batch.max_length, ", expected >= 0");
-}
 
 // How many groups of consecutive query heads the grid walks one after another (the kernel's grid y).
 // A group's K/V should stay in L2 while its CTAs run (they all read it), so a group holds at most
@@ -93,54 +79,8 @@ template <class T>
 void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, SequenceBatch<const T> v,
                             const BlockSetView* blocks, const AttentionOptions& options, SequenceBatch<T> out,
                             TensorView<float, 2> lse, cudaStream_t stream) {
-  static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, half>,
-                "block_sparse_attention takes seer::bfloat16 or seer::half elements");
-  validate_attention_shapes(q, k, v, out, lse, options);
-  require(prefill_supports_head_dim(q.head_dim), "q", "head dim is ", q.head_dim, ", supported: 64, 128, 256");
-  detail::require_vector_aligned(q, "q");
-  detail::require_vector_aligned(k, "k");
-  detail::require_vector_aligned(v, "v");
-  detail::require_vector_aligned(out, "out");
-  require(q.batch <= 65535, "q", "batch is ", q.batch, ", at most 65535 sequences per call");
-  require(q.heads <= 65535, "q", "has ", q.heads, " heads, at most 65535 per call");
-
-  constexpr std::int64_t kTile = 64;
-  const std::int64_t max_query_tiles = (q.max_length + kTile - 1) / kTile;
-  require(max_query_tiles <= 2147483647, "q", "max_length ", q.max_length, " is too long for one grid");
-
-  gpu::PrefillParams<T> params;
-  params.q = q;
-  params.k = k;
-  params.v = v;
-  params.out = out;
-  params.causal = options.causal;
-  params.group = q.heads / k.heads;
-  params.max_query_tiles = max_query_tiles;
-  params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
-
-  if (lse.data != nullptr) {
-    if (!q.is_packed())
-      require(lse.extent[1] >= q.batch * q.max_length, "lse", "has ", lse.extent[1], " columns, expected ",
-              q.batch * q.max_length, " (one per query token)");
-    params.lse = lse.data;
-    params.lse_head_stride = lse.stride[0];
-    params.lse_token_stride = lse.stride[1];
-  }
-
-  if (blocks != nullptr) {
-    require(blocks->row_offsets != nullptr && blocks->key_blocks != nullptr && blocks->query_block_offsets != nullptr,
-            "blocks", "has a null device pointer");
-    require(blocks->block_size > 0 && blocks->block_size % kTile == 0, "blocks", "block_size is ", blocks->block_size,
-            ", expected a positive multiple of ", kTile);
-    require(blocks->heads == q.heads || blocks->heads == k.heads, "blocks", "has ", blocks->heads,
-            " heads, expected the ", q.heads, " query heads or the ", k.heads, " KV heads");
-    require(blocks->batch == q.batch, "blocks", "covers ", blocks->batch, " sequences, expected ", q.batch);
-    params.blocks = *blocks;
-    params.has_blocks = true;
-    params.tiles_per_block = blocks->block_size / kTile;
-  }
-
-  if (q.batch == 0 || max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
+  const gpu::PrefillParams<T> params = gpu::make_prefill_params<T>(q, k, v, blocks, options, out, lse);
+  if (q.batch == 0 || params.max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
   switch (q.head_dim) {
     case 64:
       detail::launch_prefill<T, 64>(params, q.heads, q.batch, stream);

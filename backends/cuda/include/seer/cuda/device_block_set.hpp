@@ -1,96 +1,11 @@
-// DeviceBlockSet: a BlockSet copied to GPU memory, owning its device buffers.
-//
-// Uploading allocates and copies synchronously; do it once per selection, outside the hot call.
-// view() hands block_sparse_attention a BlockSetView whose pointers refer to device memory; the
-// host-side metadata (heads, block size, batch, sequence geometries) stays readable on the host
-// for validation.
+// seer::cuda::DeviceBlockSet: a BlockSet in GPU memory for seer::cuda::block_sparse_attention.
+// The class is written once, against the vendor layer, in seer/gpu/device_block_set.hpp.
 #pragma once
 
-#include <cstdint>
-#include <utility>
-#include <vector>
-
-#include "seer/core/block_set.hpp"
-#include "seer/core/error.hpp"
-#include "seer/gpu/vendor.hpp"
+#include "seer/gpu/device_block_set.hpp"
 
 namespace seer::cuda {
 
-class DeviceBlockSet {
- public:
-  DeviceBlockSet() = default;
-
-  explicit DeviceBlockSet(const BlockSet& blocks) : sequences_(blocks.sequences()) {
-    require(blocks.complete(), "blocks", "only ", blocks.rows_filled(), " of ", blocks.rows(), " rows are filled");
-    try {
-      row_offsets_ = upload(blocks.row_offsets());
-      key_blocks_ = upload(blocks.key_blocks());
-      query_block_offsets_ = upload(blocks.query_block_offsets());
-    } catch (...) {
-      release();
-      throw;
-    }
-    view_ = BlockSetView{row_offsets_,   key_blocks_,    query_block_offsets_,
-                         blocks.batch(), blocks.heads(), blocks.block_size()};
-  }
-
-  DeviceBlockSet(const DeviceBlockSet&) = delete;
-  DeviceBlockSet& operator=(const DeviceBlockSet&) = delete;
-  DeviceBlockSet(DeviceBlockSet&& other) noexcept { swap(other); }
-  DeviceBlockSet& operator=(DeviceBlockSet&& other) noexcept {
-    if (this != &other) {
-      release();
-      swap(other);
-    }
-    return *this;
-  }
-  ~DeviceBlockSet() { release(); }
-
-  // Pointers into device memory; valid while this object lives.
-  const BlockSetView* view() const { return &view_; }
-  const std::vector<BlockGeometry>& sequences() const { return sequences_; }
-
- private:
-  template <class Index>
-  static Index* upload(const std::vector<Index>& host) {
-    Index* device = nullptr;
-    const std::size_t bytes = (host.empty() ? 1 : host.size()) * sizeof(Index);
-    gpu::vendor::check(cudaMalloc(reinterpret_cast<void**>(&device), bytes), "cudaMalloc (DeviceBlockSet)");
-    if (!host.empty()) {
-      const cudaError_t copied = cudaMemcpy(device, host.data(), host.size() * sizeof(Index), cudaMemcpyHostToDevice);
-      if (copied != cudaSuccess) {
-        cudaFree(device);
-        gpu::vendor::check(copied, "cudaMemcpy (DeviceBlockSet upload)");
-      }
-    }
-    return device;
-  }
-
-  // Destructors cannot throw: a failing cudaFree here (e.g. after a sticky device error) has already
-  // been reported by the call that caused it, so the code is read and dropped deliberately.
-  void release() noexcept {
-    if (row_offsets_ != nullptr) static_cast<void>(cudaFree(row_offsets_));
-    if (key_blocks_ != nullptr) static_cast<void>(cudaFree(key_blocks_));
-    if (query_block_offsets_ != nullptr) static_cast<void>(cudaFree(query_block_offsets_));
-    row_offsets_ = nullptr;
-    key_blocks_ = nullptr;
-    query_block_offsets_ = nullptr;
-    view_ = BlockSetView{};
-  }
-
-  void swap(DeviceBlockSet& other) noexcept {
-    std::swap(row_offsets_, other.row_offsets_);
-    std::swap(key_blocks_, other.key_blocks_);
-    std::swap(query_block_offsets_, other.query_block_offsets_);
-    std::swap(view_, other.view_);
-    std::swap(sequences_, other.sequences_);
-  }
-
-  std::int64_t* row_offsets_ = nullptr;
-  std::int32_t* key_blocks_ = nullptr;
-  std::int32_t* query_block_offsets_ = nullptr;
-  BlockSetView view_{};
-  std::vector<BlockGeometry> sequences_;
-};
+using DeviceBlockSet = gpu::DeviceBlockSet;
 
 }  // namespace seer::cuda

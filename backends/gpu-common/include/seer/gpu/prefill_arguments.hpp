@@ -1,6 +1,6 @@
 // Host-side validation of a prefill call and the PrefillParams it becomes: the part of
 // block_sparse_attention that does not depend on the vendor (no GPU headers; nothing here reads
-// device memory). seer::hip::block_sparse_attention calls it, then launches.
+// device memory). seer::cuda and seer::hip block_sparse_attention call it, then launch.
 #pragma once
 
 #include <cstdint>

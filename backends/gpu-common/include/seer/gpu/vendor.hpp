@@ -6,6 +6,7 @@
 // mask of a shuffle or hides a 64-wide wavefront, a typed wrapper makes both visible.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -46,6 +47,20 @@ inline void check(error_t error, const char* what) {
 // Launch errors (bad configuration, too much shared memory) are reported by the runtime only
 // through the last-error slot; read it right after each launch.
 inline void check_last_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+// Device memory, for host-side helpers that own buffers (DeviceBlockSet). Allocation and upload are
+// synchronous and belong outside hot calls; release never throws (it runs in destructors).
+inline void* device_allocate(std::size_t bytes, const char* what) {
+  void* pointer = nullptr;
+  check(cudaMalloc(&pointer, bytes), what);
+  return pointer;
+}
+inline void device_release(void* pointer) noexcept {
+  if (pointer != nullptr) static_cast<void>(cudaFree(pointer));
+}
+inline void copy_to_device(void* destination, const void* source, std::size_t bytes, const char* what) {
+  check(cudaMemcpy(destination, source, bytes, cudaMemcpyHostToDevice), what);
+}
 
 template <class Kernel>
 void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {

@@ -8,6 +8,9 @@
 
 #include <hip/hip_runtime.h>
 
+#include <cstddef>
+
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -34,6 +37,20 @@ inline void check(error_t error, const char* what) {
 }
 
 inline void check_last_launch(const char* kernel) { check(hipGetLastError(), kernel); }
+
+// Device memory, for host-side helpers that own buffers (DeviceBlockSet). Allocation and upload are
+// synchronous and belong outside hot calls; release never throws (it runs in destructors).
+inline void* device_allocate(std::size_t bytes, const char* what) {
+  void* pointer = nullptr;
+  check(hipMalloc(&pointer, bytes), what);
+  return pointer;
+}
+inline void device_release(void* pointer) noexcept {
+  if (pointer != nullptr) static_cast<void>(hipFree(pointer));
+}
+inline void copy_to_device(void* destination, const void* source, std::size_t bytes, const char* what) {
+  check(hipMemcpy(destination, source, bytes, hipMemcpyHostToDevice), what);
+}
 
 template <class Kernel>
 void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
