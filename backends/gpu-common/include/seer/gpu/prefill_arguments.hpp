@@ -22,6 +22,23 @@ inline bool prefill_supports_head_dim(std::int64_t head_dim) {
   return head_dim == 64 || head_dim == 128 || head_dim == 256;
 }
 
+// Calls launch(std::integral_constant<int, D>{}) for the compiled head dim D == head_dim (already
+// validated by make_prefill_params), so each backend instantiates its kernels from one list.
+template <class Launch>
+void dispatch_prefill_head_dim(std::int64_t head_dim, Launch&& launch) {
+  switch (head_dim) {
+    case 64:
+      launch(std::integral_constant<int, 64>{});
+      break;
+    case 128:
+      launch(std::integral_constant<int, 128>{});
+      break;
+    default:
+      launch(std::integral_constant<int, 256>{});
+      break;
+  }
+}
+
 template <class T>
 void require_prefill_vectors(const SequenceBatch<T>& batch, const char* name) {
   // Tiles move 16-byte chunks (8 elements): every vector must start on a 16-byte boundary.

@@ -68,17 +68,9 @@ void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, 
                             TensorView<float, 2> lse, hipStream_t stream) {
   const gpu::PrefillParams<T> params = gpu::make_prefill_params<T>(q, k, v, blocks, options, out, lse);
   if (q.batch == 0 || params.max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
-  switch (q.head_dim) {
-    case 64:
-      detail::launch_prefill<T, 64>(params, q.heads, q.batch, stream);
-      break;
-    case 128:
-      detail::launch_prefill<T, 128>(params, q.heads, q.batch, stream);
-      break;
-    default:
-      detail::launch_prefill<T, 256>(params, q.heads, q.batch, stream);
-      break;
-  }
+  gpu::dispatch_prefill_head_dim(q.head_dim, [&](auto head_dim) {
+    detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
+  });
 }
 
 }  // namespace seer::hip
