@@ -21,6 +21,7 @@
 #include "seer/core/numeric_types.hpp"
 #include "seer/core/sequence_batch.hpp"
 #include "seer/core/tensor_view.hpp"
+#include "seer/cpu/reference_attention.hpp"
 
 namespace seer::testing {
 
@@ -330,5 +331,9 @@ AttentionResult run_executor(AttentionInputs<T>& c, const BlockSet* blocks, cons
   CHECK(fully_written(result.lse));
   return result;
 }
+
+// The float64 reference as an executor callable, in the shape the test drivers take.
+inline const auto reference = [](auto q, auto k, auto v, const BlockSet* blocks, const AttentionOptions& options,
+                                 auto out, auto lse) { cpu::reference_attention(q, k, v, blocks, options, out, lse); };
 
 }  // namespace seer::testing

@@ -23,9 +23,6 @@ using seer::BlockGeometry;
 using seer::BlockSet;
 using namespace seer::testing;
 
-const auto reference = [](auto q, auto k, auto v, const BlockSet* blocks, const AttentionOptions& options, auto out,
-                          auto lse) { seer::cpu::reference_attention(q, k, v, blocks, options, out, lse); };
-
 auto fast_with_threads(int threads) {
   return [threads](auto q, auto k, auto v, const BlockSet* blocks, const AttentionOptions& options, auto out,
                    auto lse) { seer::cpu::block_sparse_attention(q, k, v, blocks, options, out, lse, threads); };

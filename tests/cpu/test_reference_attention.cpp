@@ -21,9 +21,6 @@ using seer::BlockGeometry;
 using seer::BlockSet;
 using namespace seer::testing;
 
-const auto reference = [](auto q, auto k, auto v, const BlockSet* blocks, const AttentionOptions& options, auto out,
-                          auto lse) { seer::cpu::reference_attention(q, k, v, blocks, options, out, lse); };
-
 // The two-token case of the hand computation below, in element type T.
 template <class T>
 AttentionInputs<T> two_token_case() {
