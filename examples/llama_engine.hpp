@@ -7,19 +7,26 @@
 // attention output. Dense attention, seer's block-sparse attention with any gate and selection
 // policy, or a GPU backend are just different functions (see examples/prefill_pipeline.cpp).
 //
-// Only what a prefill needs is here: one sequence, float32 activations, weights converted from the
-// checkpoint's bf16 to float once at load time.
+// Two ways to run it, both over one sequence with float32 activations (weights converted from the
+// checkpoint's bf16 to float once at load time):
+//   forward(tokens, backend)          a whole-prompt prefill; the backend gets Q, K, V of the prompt.
+//   extend(cache, tokens, backend)    appends tokens to a KV cache (a prompt, then one or a few tokens
+//                                     per decode step); the backend gets the new queries and the cache
+//                                     as a seer::KvCacheView, which is what a decode kernel reads.
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "seer/core/sequence_batch.hpp"
 #include "seer/core/tensor_view.hpp"
+#include "seer/decode/kv_cache.hpp"
 #include "seer/gate/rotary_embedding.hpp"
 #include "seer/io/model_config.hpp"
 #include "seer/io/safetensors.hpp"
@@ -40,6 +47,58 @@ struct LayerAttention {
 };
 
 using AttentionBackend = std::function<void(const LayerAttention&)>;
+
+// One layer's attention during extend(): `new_tokens` queries at positions [position, position +
+// new_tokens) against a cache that already holds them. The cache stores keys after RoPE (what
+// attention reads) and, beside them, the keys before RoPE (what the SeerAttention-R decode gate pools
+// into its K-compression cache); both views share the values and the lengths.
+struct CachedLayerAttention {
+  std::int64_t layer = 0;
+  std::int64_t position = 0;                       // tokens cached before this call
+  seer::SequenceBatch<const float> q_before_rope;  // [1, new_tokens, q_heads, head_dim]
+  seer::SequenceBatch<const float> q;
+  seer::KvCacheView<const float> cache;              // lengths[0] = position + new_tokens
+  seer::KvCacheView<const float> cache_before_rope;  // keys before RoPE, same values
+  seer::SequenceBatch<float> out;                    // [1, new_tokens, q_heads, head_dim]
+};
+
+using CachedAttentionBackend = std::function<void(const CachedLayerAttention&)>;
+
+// The per-layer key/value cache of one sequence, contiguous, with a fixed capacity.
+class KvCache {
+ public:
+  KvCache(const seer::io::ModelConfig& config, std::int64_t capacity)
+      : capacity_(capacity), heads_(config.num_kv_heads), head_dim_(config.head_dim) {
+    seer::require(capacity > 0, "capacity", "is ", capacity, ", expected > 0");
+    const auto size = static_cast<std::size_t>(capacity * heads_ * head_dim_);
+    layers_.resize(static_cast<std::size_t>(config.num_layers));
+    for (auto& layer : layers_) {
+      layer.keys.assign(size, 0.0f);
+      layer.keys_before_rope.assign(size, 0.0f);
+      layer.values.assign(size, 0.0f);
+    }
+  }
+
+  std::int64_t length() const { return length_[0]; }
+  std::int64_t capacity() const { return capacity_; }
+
+ private:
+  friend class LlamaModel;
+  struct Layer {
+    std::vector<float> keys, keys_before_rope, values;
+  };
+  seer::KvCacheView<const float> view(const std::vector<float>& keys, const std::vector<float>& values) const {
+    const auto layout = [&](const std::vector<float>& data) {
+      return seer::TensorView<const float, 4>::contiguous(data.data(), {1, capacity_, heads_, head_dim_});
+    };
+    return seer::contiguous_kv_cache(layout(keys), layout(values), length_.data(), capacity_);
+  }
+  float* slot(std::vector<float>& data, std::int64_t position) { return data.data() + position * heads_ * head_dim_; }
+
+  std::int64_t capacity_, heads_, head_dim_;
+  std::vector<std::int32_t> length_{0};
+  std::vector<Layer> layers_;
+};
 
 class LlamaModel {
  public:
@@ -85,46 +144,57 @@ class LlamaModel {
   // Runs the model over `tokens` and returns the logits [tokens, vocab]. `attention` computes each
   // layer's attention.
   RowMatrix forward(const std::vector<std::int32_t>& tokens, const AttentionBackend& attention) const {
-    const auto& c = config_;
     const auto n = static_cast<std::int64_t>(tokens.size());
-    RowMatrix x(n, c.hidden_size);
-    for (std::int64_t t = 0; t < n; ++t) {
-      seer::require(tokens[t] >= 0 && tokens[t] < c.vocab_size, "tokens", "token ", tokens[t], " at position ", t,
-                    " is outside the vocabulary [0, ", c.vocab_size, ")");
-      x.row(t) = embedding_.row(tokens[t]);
-    }
-    const RopeTable rope(c.rope, n);
-    RowMatrix q_before(n, c.num_q_heads * c.head_dim), k_before(n, c.num_kv_heads * c.head_dim);
-    RowMatrix q, k, v, attended(n, c.num_q_heads * c.head_dim), h;
-    for (std::int64_t l = 0; l < c.num_layers; ++l) {
-      const Layer& layer = layers_[l];
-      h = rms_norm(x, layer.attention_norm);
-      q_before.noalias() = h * layer.q_proj.transpose();
-      k_before.noalias() = h * layer.k_proj.transpose();
-      v.noalias() = h * layer.v_proj.transpose();
-      q = q_before;
-      k = k_before;
-      rope.rotate(q, c.num_q_heads, c.head_dim);
-      rope.rotate(k, c.num_kv_heads, c.head_dim);
+    const RopeTable rope(config_.rope, n);
+    return run_layers(tokens, rope, 0, [&](const LayerActivations& a) {
       LayerAttention call;
-      call.layer = l;
-      call.q_before_rope = view(q_before, c.num_q_heads);
-      call.k_before_rope = view(k_before, c.num_kv_heads);
-      call.q = view(q, c.num_q_heads);
-      call.k = view(k, c.num_kv_heads);
-      call.v = view(v, c.num_kv_heads);
-      call.out = seer::padded_batch(
-          seer::TensorView<float, 4>::contiguous(attended.data(), {1, n, c.num_q_heads, c.head_dim}), "out");
+      call.layer = a.layer;
+      call.q_before_rope = view(a.q_before_rope, config_.num_q_heads);
+      call.k_before_rope = view(a.k_before_rope, config_.num_kv_heads);
+      call.q = view(a.q, config_.num_q_heads);
+      call.k = view(a.k, config_.num_kv_heads);
+      call.v = view(a.v, config_.num_kv_heads);
+      call.out = mutable_view(a.out, config_.num_q_heads);
       attention(call);
-      x.noalias() += attended * layer.o_proj.transpose();
-      h = rms_norm(x, layer.mlp_norm);
-      RowMatrix gate = h * layer.gate_proj.transpose();
-      const RowMatrix up = h * layer.up_proj.transpose();
-      gate = gate.unaryExpr([](float value) { return value / (1.0f + std::exp(-value)); }).cwiseProduct(up);
-      x.noalias() += gate * layer.down_proj.transpose();
+    });
+  }
+
+  // Appends `tokens` to `cache` and returns their logits [tokens, vocab]. Call it with a prompt, then
+  // with one (or a few, for speculative decoding) tokens per decode step.
+  RowMatrix extend(KvCache& cache, const std::vector<std::int32_t>& tokens,
+                   const CachedAttentionBackend& attention) const {
+    const auto n = static_cast<std::int64_t>(tokens.size());
+    const std::int64_t position = cache.length();
+    seer::require(n > 0, "tokens", "is empty; extend appends at least one token");
+    seer::require(position + n <= cache.capacity(), "tokens", position + n, " tokens exceed the cache capacity ",
+                  cache.capacity());
+    seer::require(static_cast<std::int64_t>(cache.layers_.size()) == config_.num_layers, "cache",
+                  "was made for another model (", cache.layers_.size(), " layers)");
+    if (!cache_rope_ || cache_rope_->cos.rows() < cache.capacity())
+      cache_rope_ = std::make_shared<RopeTable>(config_.rope, cache.capacity());
+    const std::int64_t kv_width = config_.num_kv_heads * config_.head_dim;
+    cache.length_[0] = static_cast<std::int32_t>(position + n);
+    try {
+      return run_layers(tokens, *cache_rope_, position, [&](const LayerActivations& a) {
+        auto& layer = cache.layers_[static_cast<std::size_t>(a.layer)];
+        std::copy(a.k.data(), a.k.data() + n * kv_width, cache.slot(layer.keys, position));
+        std::copy(a.k_before_rope.data(), a.k_before_rope.data() + n * kv_width,
+                  cache.slot(layer.keys_before_rope, position));
+        std::copy(a.v.data(), a.v.data() + n * kv_width, cache.slot(layer.values, position));
+        CachedLayerAttention call;
+        call.layer = a.layer;
+        call.position = position;
+        call.q_before_rope = view(a.q_before_rope, config_.num_q_heads);
+        call.q = view(a.q, config_.num_q_heads);
+        call.cache = cache.view(layer.keys, layer.values);
+        call.cache_before_rope = cache.view(layer.keys_before_rope, layer.values);
+        call.out = mutable_view(a.out, config_.num_q_heads);
+        attention(call);
+      });
+    } catch (...) {
+      cache.length_[0] = static_cast<std::int32_t>(position);  // the cache stays as it was
+      throw;
     }
-    h = rms_norm(x, final_norm_);
-    return h * output_.transpose();
   }
 
   // Mean negative log2-likelihood of each next token (bits per token; bits per byte for byte-level
@@ -149,6 +219,52 @@ class LlamaModel {
     RowMatrix q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
   };
 
+  // One layer's projections for the tokens of a call, rows = tokens.
+  struct LayerActivations {
+    std::int64_t layer;
+    const RowMatrix &q_before_rope, &k_before_rope, &q, &k, &v;
+    RowMatrix& out;  // [tokens, q_heads * head_dim], filled by the attention step
+  };
+  struct RopeTable;
+
+  // The transformer stack shared by forward() and extend(): embeddings, per layer RMSNorm -> QKV ->
+  // RoPE at positions [first_position, ...) -> `attend` -> output projection -> SwiGLU MLP, then the
+  // final norm and the LM head.
+  template <class Attend>
+  RowMatrix run_layers(const std::vector<std::int32_t>& tokens, const RopeTable& rope, std::int64_t first_position,
+                       const Attend& attend) const {
+    const auto& c = config_;
+    const auto n = static_cast<std::int64_t>(tokens.size());
+    RowMatrix x(n, c.hidden_size);
+    for (std::int64_t t = 0; t < n; ++t) {
+      seer::require(tokens[t] >= 0 && tokens[t] < c.vocab_size, "tokens", "token ", tokens[t], " at position ", t,
+                    " is outside the vocabulary [0, ", c.vocab_size, ")");
+      x.row(t) = embedding_.row(tokens[t]);
+    }
+    RowMatrix q_before(n, c.num_q_heads * c.head_dim), k_before(n, c.num_kv_heads * c.head_dim);
+    RowMatrix q, k, v, attended(n, c.num_q_heads * c.head_dim), h;
+    for (std::int64_t l = 0; l < c.num_layers; ++l) {
+      const Layer& layer = layers_[l];
+      h = rms_norm(x, layer.attention_norm);
+      q_before.noalias() = h * layer.q_proj.transpose();
+      k_before.noalias() = h * layer.k_proj.transpose();
+      v.noalias() = h * layer.v_proj.transpose();
+      q = q_before;
+      k = k_before;
+      rope.rotate(q, c.num_q_heads, c.head_dim, first_position);
+      rope.rotate(k, c.num_kv_heads, c.head_dim, first_position);
+      attend(LayerActivations{l, q_before, k_before, q, k, v, attended});
+      x.noalias() += attended * layer.o_proj.transpose();
+      h = rms_norm(x, layer.mlp_norm);
+      RowMatrix gate = h * layer.gate_proj.transpose();
+      const RowMatrix up = h * layer.up_proj.transpose();
+      gate = gate.unaryExpr([](float value) { return value / (1.0f + std::exp(-value)); }).cwiseProduct(up);
+      x.noalias() += gate * layer.down_proj.transpose();
+    }
+    h = rms_norm(x, final_norm_);
+    return h * output_.transpose();
+  }
+
   // cos/sin of the model's RoPE for positions [0, tokens), rotate_half pairing, YaRN attention
   // factor folded in (seer::RotaryEmbedding holds the formulas; this only tabulates them in float).
   struct RopeTable {
@@ -165,10 +281,12 @@ class LlamaModel {
           sin(p, i) = static_cast<float>(std::sin(angle) * rotary.attention_factor());
         }
     }
-    void rotate(RowMatrix& x, std::int64_t heads, std::int64_t head_dim) const {
-      for (std::int64_t p = 0; p < x.rows(); ++p)
+    // Rotates row r of x as position first_position + r.
+    void rotate(RowMatrix& x, std::int64_t heads, std::int64_t head_dim, std::int64_t first_position) const {
+      for (std::int64_t r = 0; r < x.rows(); ++r)
         for (std::int64_t h = 0; h < heads; ++h) {
-          float* vector = x.data() + p * x.cols() + h * head_dim;
+          const std::int64_t p = first_position + r;
+          float* vector = x.data() + r * x.cols() + h * head_dim;
           for (std::int64_t i = 0; i < half; ++i) {
             const float a = vector[i], b = vector[i + half];
             vector[i] = a * cos(p, i) - b * sin(p, i);
@@ -195,7 +313,13 @@ class LlamaModel {
         seer::TensorView<const float, 4>::contiguous(m.data(), {1, m.rows(), heads, config_.head_dim}), "activations");
   }
 
+  seer::SequenceBatch<float> mutable_view(RowMatrix& m, std::int64_t heads) const {
+    return seer::padded_batch(seer::TensorView<float, 4>::contiguous(m.data(), {1, m.rows(), heads, config_.head_dim}),
+                              "out");
+  }
+
   seer::io::ModelConfig config_;
+  mutable std::shared_ptr<RopeTable> cache_rope_;  // RoPE tables for extend(), up to the cache capacity
   RowMatrix embedding_, output_;
   Eigen::VectorXf final_norm_;
   std::vector<Layer> layers_;
