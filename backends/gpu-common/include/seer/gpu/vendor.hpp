@@ -35,6 +35,9 @@ using error_t = cudaError_t;
 
 inline constexpr const char* name = "CUDA";
 
+// An error code for tests of the error path.
+inline constexpr error_t invalid_value_error = cudaErrorInvalidValue;
+
 inline bool succeeded(error_t error) { return error == cudaSuccess; }
 inline const char* error_string(error_t error) { return cudaGetErrorString(error); }
 
@@ -60,6 +63,66 @@ inline void device_release(void* pointer) noexcept {
 }
 inline void copy_to_device(void* destination, const void* source, std::size_t bytes, const char* what) {
   check(cudaMemcpy(destination, source, bytes, cudaMemcpyHostToDevice), what);
+}
+
+// Host utilities for programs around the library (tests, benchmarks, examples): copies back to the
+// host, byte fills, streams, and CUDA-graph capture. The library's own calls never use them inside a
+// hot path.
+inline void copy_to_host(void* destination, const void* source, std::size_t bytes, const char* what) {
+  check(cudaMemcpy(destination, source, bytes, cudaMemcpyDeviceToHost), what);
+}
+// `rows` rows of `row_bytes` each, with the given pitches (bytes between row starts).
+inline void copy_rows_to_host(void* destination, std::size_t destination_pitch, const void* source,
+                              std::size_t source_pitch, std::size_t row_bytes, std::size_t rows, const char* what) {
+  check(cudaMemcpy2D(destination, destination_pitch, source, source_pitch, row_bytes, rows, cudaMemcpyDeviceToHost),
+        what);
+}
+inline void fill_device_bytes(void* destination, int byte, std::size_t bytes, const char* what) {
+  check(cudaMemset(destination, byte, bytes), what);
+}
+inline int device_count() {
+  int count = 0;
+  return succeeded(cudaGetDeviceCount(&count)) ? count : 0;
+}
+inline std::size_t free_device_bytes() {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+  return free_bytes;
+}
+inline stream_t create_stream() {
+  stream_t stream = nullptr;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return stream;
+}
+inline void destroy_stream(stream_t stream) noexcept { static_cast<void>(cudaStreamDestroy(stream)); }
+inline void synchronize(stream_t stream, const char* what) { check(cudaStreamSynchronize(stream), what); }
+
+// Captures everything `enqueue(stream)` puts on `stream` into one graph, then replays the graph
+// `replays` times and waits for it: the check that a call is graph-capturable (no synchronisation,
+// no allocation, nothing that breaks capture) and that replaying it gives the same result.
+template <class Enqueue>
+void capture_and_replay(stream_t stream, int replays, Enqueue&& enqueue) {
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  try {
+    enqueue(stream);
+  } catch (...) {
+    static_cast<void>(cudaStreamEndCapture(stream, &graph));
+    if (graph != nullptr) static_cast<void>(cudaGraphDestroy(graph));
+    throw;
+  }
+  check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t executable = nullptr;
+  const error_t instantiated = cudaGraphInstantiate(&executable, graph, 0);
+  static_cast<void>(cudaGraphDestroy(graph));
+  check(instantiated, "cudaGraphInstantiate");
+  error_t launched = cudaSuccess;
+  for (int replay = 0; replay < replays && succeeded(launched); ++replay)
+    launched = cudaGraphLaunch(executable, stream);
+  const error_t finished = cudaStreamSynchronize(stream);
+  static_cast<void>(cudaGraphExecDestroy(executable));
+  check(launched, "cudaGraphLaunch");
+  check(finished, "cudaStreamSynchronize (graph replay)");
 }
 
 template <class Kernel>

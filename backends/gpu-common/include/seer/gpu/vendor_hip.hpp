@@ -27,6 +27,9 @@ using error_t = hipError_t;
 
 inline constexpr const char* name = "HIP";
 
+// An error code for tests of the error path.
+inline constexpr error_t invalid_value_error = hipErrorInvalidValue;
+
 inline bool succeeded(error_t error) { return error == hipSuccess; }
 inline const char* error_string(error_t error) { return hipGetErrorString(error); }
 
@@ -50,6 +53,66 @@ inline void device_release(void* pointer) noexcept {
 }
 inline void copy_to_device(void* destination, const void* source, std::size_t bytes, const char* what) {
   check(hipMemcpy(destination, source, bytes, hipMemcpyHostToDevice), what);
+}
+
+// Host utilities for programs around the library (tests, benchmarks, examples): copies back to the
+// host, byte fills, streams, and CUDA-graph capture. The library's own calls never use them inside a
+// hot path.
+inline void copy_to_host(void* destination, const void* source, std::size_t bytes, const char* what) {
+  check(hipMemcpy(destination, source, bytes, hipMemcpyDeviceToHost), what);
+}
+// `rows` rows of `row_bytes` each, with the given pitches (bytes between row starts).
+inline void copy_rows_to_host(void* destination, std::size_t destination_pitch, const void* source,
+                              std::size_t source_pitch, std::size_t row_bytes, std::size_t rows, const char* what) {
+  check(hipMemcpy2D(destination, destination_pitch, source, source_pitch, row_bytes, rows, hipMemcpyDeviceToHost),
+        what);
+}
+inline void fill_device_bytes(void* destination, int byte, std::size_t bytes, const char* what) {
+  check(hipMemset(destination, byte, bytes), what);
+}
+inline int device_count() {
+  int count = 0;
+  return succeeded(hipGetDeviceCount(&count)) ? count : 0;
+}
+inline std::size_t free_device_bytes() {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  check(hipMemGetInfo(&free_bytes, &total_bytes), "hipMemGetInfo");
+  return free_bytes;
+}
+inline stream_t create_stream() {
+  stream_t stream = nullptr;
+  check(hipStreamCreateWithFlags(&stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
+  return stream;
+}
+inline void destroy_stream(stream_t stream) noexcept { static_cast<void>(hipStreamDestroy(stream)); }
+inline void synchronize(stream_t stream, const char* what) { check(hipStreamSynchronize(stream), what); }
+
+// Captures everything `enqueue(stream)` puts on `stream` into one graph, then replays the graph
+// `replays` times and waits for it: the check that a call is graph-capturable (no synchronisation,
+// no allocation, nothing that breaks capture) and that replaying it gives the same result.
+template <class Enqueue>
+void capture_and_replay(stream_t stream, int replays, Enqueue&& enqueue) {
+  hipGraph_t graph = nullptr;
+  check(hipStreamBeginCapture(stream, hipStreamCaptureModeGlobal), "hipStreamBeginCapture");
+  try {
+    enqueue(stream);
+  } catch (...) {
+    static_cast<void>(hipStreamEndCapture(stream, &graph));
+    if (graph != nullptr) static_cast<void>(hipGraphDestroy(graph));
+    throw;
+  }
+  check(hipStreamEndCapture(stream, &graph), "hipStreamEndCapture");
+  hipGraphExec_t executable = nullptr;
+  // HIP 5.2 takes the CUDA 11 signature: error node, log buffer and its size.
+  const error_t instantiated = hipGraphInstantiate(&executable, graph, nullptr, nullptr, 0);
+  static_cast<void>(hipGraphDestroy(graph));
+  check(instantiated, "hipGraphInstantiate");
+  error_t launched = hipSuccess;
+  for (int replay = 0; replay < replays && succeeded(launched); ++replay) launched = hipGraphLaunch(executable, stream);
+  const error_t finished = hipStreamSynchronize(stream);
+  static_cast<void>(hipGraphExecDestroy(executable));
+  check(launched, "hipGraphLaunch");
+  check(finished, "hipStreamSynchronize (graph replay)");
 }
 
 template <class Kernel>
