@@ -11,6 +11,7 @@
 #include "seer/core/sequence_batch.hpp"
 #include "seer/core/tensor_view.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
+#include "seer/cpu/decode_attention.hpp"
 #include "seer/cpu/ground_truth.hpp"
 #include "seer/cpu/reference_attention.hpp"
 #include "seer/gate/block_pooling.hpp"
