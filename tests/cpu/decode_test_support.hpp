@@ -3,7 +3,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -108,5 +110,76 @@ struct RandomKvCache {
     return seer::paged_kv_cache(view, view, page_table.data(), batch, pages_per_sequence, lengths.data(), capacity);
   }
 };
+
+// Independent RoPE (default type): pair i with i + D/2, angle position * theta^(-2i/D).
+inline void reference_rope(std::vector<double>& v, double theta, std::int64_t position) {
+  const std::size_t half = v.size() / 2;
+  for (std::size_t i = 0; i < half; ++i) {
+    const double angle = static_cast<double>(position) * std::pow(theta, -2.0 * static_cast<double>(i) / (2.0 * half));
+    const double a = v[i], b = v[i + half];
+    v[i] = a * std::cos(angle) - b * std::sin(angle);
+    v[i + half] = b * std::cos(angle) + a * std::sin(angle);
+  }
+}
+
+inline void reference_rms(std::vector<double>& v, const std::vector<float>& weight, double eps) {
+  double mean_square = 0.0;
+  for (double x : v) mean_square += x * x / static_cast<double>(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = v[i] / std::sqrt(mean_square + eps) * weight[i];
+}
+
+// Straight from the paper's equations, with explicit index arithmetic on the row-major weights.
+// heads: [Hq][D] query vectors of one token.
+inline std::vector<double> reference_query(const seer::DecodeGateConfig& config, const seer::DecodeGateWeights& w,
+                                           const std::vector<std::vector<double>>& heads, std::int64_t kv_heads,
+                                           std::int64_t c, std::int64_t position) {
+  const std::int64_t q_heads = static_cast<std::int64_t>(heads.size()), g = q_heads / kv_heads;
+  const std::int64_t dim = static_cast<std::int64_t>(heads[0].size()), dg = config.hidden_size;
+  std::vector<double> u(static_cast<std::size_t>(dg), 0.0);
+  if (config.query_head_pooling == seer::QueryHeadPooling::projection) {
+    for (std::int64_t k = 0; k < g; ++k)
+      for (std::int64_t i = 0; i < dim; ++i)
+        for (std::int64_t o = 0; o < dg; ++o)
+          u[o] += heads[c * g + k][i] * w.q_projection[((c * g + k) * dim + i) * dg + o];
+  } else {
+    std::vector<double> mean(static_cast<std::size_t>(dim), 0.0);
+    for (std::int64_t k = 0; k < g; ++k)
+      for (std::int64_t i = 0; i < dim; ++i) mean[i] += heads[c * g + k][i] / static_cast<double>(g);
+    if (config.query_head_pooling == seer::QueryHeadPooling::average) {
+      u = mean;
+    } else {
+      for (std::int64_t i = 0; i < dim; ++i)
+        for (std::int64_t o = 0; o < dg; ++o) u[o] += mean[i] * w.q_projection[(c * dim + i) * dg + o];
+    }
+  }
+  if (config.use_qk_norm) reference_rms(u, w.q_norm, config.rms_norm_epsilon);
+  if (config.use_rope) reference_rope(u, config.rope.theta, position);
+  return u;
+}
+
+// tokens: the key vectors [count][D] of one block of one KV head.
+inline std::vector<double> reference_key(const seer::DecodeGateConfig& config, const seer::DecodeGateWeights& w,
+                                         const std::vector<std::vector<double>>& tokens, std::int64_t c,
+                                         std::int64_t position) {
+  const std::int64_t dim = static_cast<std::int64_t>(tokens[0].size()), dg = config.hidden_size;
+  std::vector<double> pooled(static_cast<std::size_t>(3 * dim));
+  for (std::int64_t d = 0; d < dim; ++d) {
+    double hi = -std::numeric_limits<double>::infinity(), lo = std::numeric_limits<double>::infinity(), sum = 0.0;
+    for (const auto& t : tokens) {
+      hi = std::max(hi, t[d]);
+      lo = std::min(lo, t[d]);
+      sum += t[d];
+    }
+    pooled[d] = hi;
+    pooled[dim + d] = lo;
+    pooled[2 * dim + d] = sum / static_cast<double>(tokens.size());
+  }
+  std::vector<double> v(static_cast<std::size_t>(dg), 0.0);
+  for (std::int64_t i = 0; i < 3 * dim; ++i)
+    for (std::int64_t o = 0; o < dg; ++o) v[o] += pooled[i] * w.k_projection[(c * 3 * dim + i) * dg + o];
+  if (config.use_qk_norm) reference_rms(v, w.k_norm, config.rms_norm_epsilon);
+  if (config.use_rope) reference_rope(v, config.rope.theta, position);
+  return v;
+}
 
 }  // namespace seer_test
