@@ -27,6 +27,7 @@
 // heads; each head's projection slice gets only its own head's terms.
 #pragma once
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -265,42 +266,38 @@ inline double decode_distillation_loss(const DecodeGate& gate, const DecodeDisti
       gate.rotate(queries.data() + r * dg, in.first_token + r);
     }
 
-    std::vector<double> d_keys(gradient ? static_cast<std::size_t>(blocks * dg) : 0, 0.0);
-    std::vector<double> d_queries(gradient ? static_cast<std::size_t>(tokens * dg) : 0, 0.0);
-    std::vector<double> logits(static_cast<std::size_t>(blocks));
+    // All logits at once, [tokens, blocks] (row r uses its first decode_scored_blocks entries), and
+    // their gradients in place; the products with Q and K run through Eigen.
+    using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const Eigen::Map<const Matrix> query_matrix(queries.data(), tokens, dg), key_matrix(keys.data(), blocks, dg);
+    Matrix logits = (query_matrix * key_matrix.transpose()) * logit_scale;
     double loss = 0.0;
     for (std::int64_t r = 0; r < tokens; ++r) {
-      const std::int64_t position = in.first_token + r;
-      const std::int64_t scored = decode_scored_blocks(position, block);
-      if (scored == 0) continue;
-      const double* query = queries.data() + r * dg;
-      gate.logits(query, keys.data(), dg, scored, logits.data());
-      double peak = -std::numeric_limits<double>::infinity();
-      for (std::int64_t j = 0; j < scored; ++j) peak = std::max(peak, logits[j]);
-      double total = 0.0;
-      for (std::int64_t j = 0; j < scored; ++j) total += std::exp(logits[j] - peak);
-      const double log_normaliser = peak + std::log(total);
-      const double* truth = target.row(0, c, r);
-      double truth_mass = 0.0;
-      for (std::int64_t j = 0; j < scored; ++j) {
-        truth_mass += truth[j];
-        if (truth[j] > 0.0) loss += truth[j] * (std::log(truth[j]) - (logits[j] - log_normaliser));
-      }
-      if (gradient == nullptr) continue;
-      double* d_query = d_queries.data() + r * dg;
-      for (std::int64_t j = 0; j < scored; ++j) {
-        const double d_logit =
-            weight * row_scale * (std::exp(logits[j] - log_normaliser) * truth_mass - truth[j]) * logit_scale;
-        const double* key = keys.data() + j * dg;
-        double* d_key = d_keys.data() + j * dg;
-        for (std::int64_t d = 0; d < dg; ++d) {
-          d_key[d] += d_logit * query[d];
-          d_query[d] += d_logit * key[d];
+      const std::int64_t scored = decode_scored_blocks(in.first_token + r, block);
+      double* row = logits.data() + r * blocks;
+      if (scored > 0) {
+        double peak = -std::numeric_limits<double>::infinity();
+        for (std::int64_t j = 0; j < scored; ++j) peak = std::max(peak, row[j]);
+        double total = 0.0;
+        for (std::int64_t j = 0; j < scored; ++j) total += std::exp(row[j] - peak);
+        const double log_normaliser = peak + std::log(total);
+        const double* truth = target.row(0, c, r);
+        double truth_mass = 0.0;
+        for (std::int64_t j = 0; j < scored; ++j) {
+          truth_mass += truth[j];
+          if (truth[j] > 0.0) loss += truth[j] * (std::log(truth[j]) - (row[j] - log_normaliser));
         }
+        // d loss / d (q . k) for this row, replacing the logits.
+        for (std::int64_t j = 0; j < scored; ++j)
+          row[j] = weight * row_scale * (std::exp(row[j] - log_normaliser) * truth_mass - truth[j]) * logit_scale;
       }
+      std::fill(row + scored, row + blocks, 0.0);
     }
     head_loss[static_cast<std::size_t>(c)] = loss * row_scale * weight;
     if (gradient == nullptr) return;
+    std::vector<double> d_keys(static_cast<std::size_t>(blocks * dg)), d_queries(static_cast<std::size_t>(tokens * dg));
+    Eigen::Map<Matrix>(d_queries.data(), tokens, dg).noalias() = logits * key_matrix;
+    Eigen::Map<Matrix>(d_keys.data(), blocks, dg).noalias() = logits.transpose() * query_matrix;
 
     // Back through RoPE and RMSNorm to the projections' outputs.
     std::vector<double> q_norm_gradient(static_cast<std::size_t>(norm ? dg : 0), 0.0),
