@@ -178,6 +178,7 @@ void select_decode_blocks_into(const DecodeGate& gate, const KCompressionCache<S
           "; expected ", batch, ", ", gate.num_kv_heads(), ", ", block);
   for (std::int64_t b = 0; b < batch; ++b) {
     const std::int64_t length = lengths[b], step = q_before_rope.length(b);
+    require(length >= 0, "lengths", "sequence ", b, " has ", length, " cached tokens, expected >= 0");
     require(length >= step, "lengths", "sequence ", b, " has ", length, " cached tokens but ", step,
             " step tokens; lengths must include the step's tokens");
     const std::int64_t needed = step > 0 ? decode_scored_blocks(length - 1, block) : 0;
