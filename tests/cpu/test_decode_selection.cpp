@@ -283,8 +283,8 @@ TEST_CASE("decode selection: invalid arguments name the argument") {
   CHECK(argument_of([&] {
           seer::select_decode_blocks_into(gate, cache, q_batch, lengths.data(), TokenBudget{8}, wrong_block);
         }) == "blocks");
-  const auto wrong_heads = seer::packed_batch(seer::TensorView<const double, 3>::contiguous(q.data(), {4, 1, dim}),
-                                              std::vector<std::int32_t>{0, 2}, "q");
+  const auto wrong_heads =
+      seer::packed_batch(seer::TensorView<const double, 3>::contiguous(q.data(), {4, 1, dim}), cu, "q");
   CHECK(argument_of([&] { seer::select_decode_blocks(gate, cache, wrong_heads, view, TokenBudget{8}); }) ==
         "q_before_rope");
   CHECK(argument_of([] { (void)seer::decode_block_capacity(TokenBudget{8}, 10, 0); }) == "block_size");
