@@ -1,0 +1,474 @@
+// The split-KV sparse decode kernels (flash-decoding over the kept blocks of a DecodeBlockList).
+//
+// One CTA serves (split s, KV head x chunk of its query heads, sequence b). The query heads of the GQA
+// group and the 1-8 new tokens of the sequence are the rows of one MMA tile (row r: head r / q_len,
+// token r % q_len; padded to 16, 32 or 64 rows): every K/V tile is loaded once for all of them. The
+// CTA walks its range of the row's kept 64-key tiles (seer/gpu/decode_params.hpp: splits balanced over
+// the kept tiles) with asynchronous copies in a kStages-deep shared-memory pipeline; paged caches are
+// addressed through KvCacheView::offset, once per tile when a tile cannot straddle pages, else per
+// token row. Its 4 warps split the tile: with R row blocks of 16 rows, warp w takes row block w % R
+// and keys [(w / R) * 64 / (4 / R), ...) of every tile, with its own online softmax (base 2, fp32).
+// At the end the warps' (max, sum, output) are combined through shared memory, and the CTA either
+// writes the output and log-sum-exp (a row with one effective split) or an fp32 partial that
+// decode_merge_kernel combines by log-sum-exp.
+//
+// Masking: query token t of sequence b sees cache tokens j <= BlockGeometry{q_len, length, 64,
+// causal}.last_visible_key(t) = length - q_len + t; only the last tile or two (the new tokens, the
+// ragged end) pay for the per-element test. Rows past a sequence's length are zero-filled, never read.
+//
+// Shared by both vendors: the CTA plan, the epilogue, the merge kernel. The NVIDIA kernel
+// (mma.sync m16n8k16, ldmatrix, cp.async) is compiled only by nvcc; the AMD kernel
+// (seer/gpu/decode_kernel_amd.hpp) by both compilers.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "seer/core/block_geometry.hpp"
+#include "seer/decode/decode_block_list.hpp"
+#include "seer/decode/kv_cache.hpp"
+#include "seer/gpu/decode_params.hpp"
+#include "seer/gpu/tensor_core.hpp"
+#include "seer/gpu/vendor.hpp"
+#if !defined(__HIPCC__)
+#include "seer/gpu/prefill_kernel.hpp"  // detail::load_tile_async
+#endif
+
+namespace seer::gpu {
+
+namespace decode_detail {
+
+inline constexpr int kStagingPad = 8;  // floats after each staged output row: fewer bank conflicts, 16-byte rows
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// What one CTA computes, from its block index and the row's device-side sizes.
+struct DecodeCtaWork {
+  std::int64_t sequence = 0, kv_head = 0, first_head = 0, heads = 0;
+  std::int64_t query_tokens = 0, cached_tokens = 0, rows = 0;
+  std::int64_t key_tiles = 0;                // tiles holding cached tokens
+  const std::int32_t* kept_tiles = nullptr;  // null: dense
+  std::int64_t effective_splits = 1, split = 0, first_step = 0, steps = 0;
+  BlockGeometry geometry;
+
+  // Tile of step `step` of this CTA; an index outside the sequence becomes key_tiles, a tile that is
+  // all masked (its rows are zero-filled and never read).
+  __device__ std::int64_t tile(std::int64_t step) const {
+    const std::int64_t index = first_step + step;
+    const std::int64_t tile = kept_tiles != nullptr ? static_cast<std::int64_t>(kept_tiles[index]) : index;
+    return tile < 0 || tile >= key_tiles ? key_tiles : tile;
+  }
+  __device__ std::int64_t row_head(std::int64_t row) const { return first_head + row / query_tokens; }
+  __device__ std::int64_t row_token(std::int64_t row) const { return row % query_tokens; }
+  // Last key row `row` may see; padding rows (row >= rows) get the sequence's last token.
+  __device__ std::int64_t row_limit(std::int64_t row) const {
+    return row < rows ? geometry.last_visible_key(row % query_tokens) : cached_tokens - 1;
+  }
+};
+
+// Fills `work` for this CTA; false when it has nothing to do (a split beyond the row's effective
+// splits, or a sequence without query tokens).
+template <class T>
+__device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaWork& work) {
+  work.sequence = blockIdx.z;
+  work.kv_head = blockIdx.y / params.head_chunks;
+  const std::int64_t chunk = blockIdx.y % params.head_chunks;
+  work.query_tokens = params.q.length(work.sequence);
+  // More tokens than max_query_tokens breaks the caller's contract; clamping keeps the CTA inside its tile.
+  if (work.query_tokens > params.max_query_tokens) work.query_tokens = params.max_query_tokens;
+  if (work.query_tokens <= 0) return false;
+  work.first_head = work.kv_head * params.group + chunk * params.heads_per_cta;
+  const std::int64_t remaining = params.group - chunk * params.heads_per_cta;
+  work.heads = remaining < params.heads_per_cta ? remaining : params.heads_per_cta;
+  work.rows = work.heads * work.query_tokens;
+  work.cached_tokens = decode_cached_tokens(params.cache, work.sequence);
+  work.geometry = BlockGeometry{work.query_tokens, work.cached_tokens, kDecodeTileKeys, params.causal};
+  work.key_tiles = (work.cached_tokens + kDecodeTileKeys - 1) / kDecodeTileKeys;
+  const std::int64_t tiles = decode_row_tiles(params, work.sequence, work.kv_head, work.cached_tokens);
+  if (params.has_blocks) work.kept_tiles = params.blocks.row_begin(params.blocks.row(work.sequence, work.kv_head));
+  work.effective_splits = decode_effective_splits(tiles, params.splits);
+  work.split = blockIdx.x;
+  if (work.split >= work.effective_splits) return false;
+  work.first_step = tiles * work.split / work.effective_splits;
+  work.steps = tiles * (work.split + 1) / work.effective_splits - work.first_step;
+  return true;
+}
+
+// Stores 4 consecutive output elements (8 bytes).
+template <class T>
+__device__ inline void store_four(T* destination, float a, float b, float c, float d) {
+  uint2 packed;
+  packed.x = vendor::element_traits<T>::pack(a, b);
+  packed.y = vendor::element_traits<T>::pack(c, d);
+  *reinterpret_cast<uint2*>(destination) = packed;
+}
+
+// The epilogue of a decode CTA. Warp slot w staged, for its 16 rows of row block w % RowBlocks, the
+// running maximum (log2 units), the row sum and the unnormalised output (stride HeadDim + kStagingPad).
+// Rows combine their KeyGroups slots, then go to the output (one effective split) or the workspace.
+template <class T, int HeadDim, int RowBlocks, int KeyGroups>
+__device__ inline void write_decode_rows(const DecodeParams<T>& params, const DecodeCtaWork& work, const float* maxima,
+                                         const float* sums, const float* outputs) {
+  constexpr int kQuads = HeadDim / 4;
+  constexpr int kStride = HeadDim + kStagingPad;
+  const float negative_infinity = -__int_as_float(0x7f800000);
+  const bool direct = work.effective_splits == 1;
+  const int items = static_cast<int>(work.rows) * kQuads;
+  for (int item = static_cast<int>(threadIdx.x); item < items; item += static_cast<int>(blockDim.x)) {
+    const int row = item / kQuads, quad = item % kQuads;
+    const int row_block = row / 16, row_in_block = row % 16;
+    float peak = negative_infinity;
+#pragma unroll
+    for (int group = 0; group < KeyGroups; ++group)
+      peak = fmaxf(peak, maxima[(group * RowBlocks + row_block) * 16 + row_in_block]);
+    const float base = peak == negative_infinity ? 0.0f : peak;  // no -inf - -inf
+    float sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+#pragma unroll
+    for (int group = 0; group < KeyGroups; ++group) {
+      const int slot = (group * RowBlocks + row_block) * 16 + row_in_block;
+      const float weight = vendor::fast_exp2(maxima[slot] - base);
+      sum += sums[slot] * weight;
+      const float4 o = *reinterpret_cast<const float4*>(outputs + slot * kStride + 4 * quad);
+      o0 += o.x * weight;
+      o1 += o.y * weight;
+      o2 += o.z * weight;
+      o3 += o.w * weight;
+    }
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no kept visible key gives 0
+    const float log2_sum_exp = sum > 0.0f ? peak + __log2f(sum) : negative_infinity;
+    const std::int64_t head = work.row_head(row), token = work.row_token(row);
+    if (direct) {
+      store_four(params.out.vector(work.sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse, o2 * inverse,
+                 o3 * inverse);
+      if (quad == 0 && params.lse != nullptr)
+        params.lse[head * params.lse_head_stride + (params.q.start(work.sequence) + token) * params.lse_token_stride] =
+            sum > 0.0f ? log2_sum_exp * kLn2 : negative_infinity;
+    } else {
+      const std::int64_t partial = params.partial_row(work.sequence, token, head) * params.splits + work.split;
+      *reinterpret_cast<float4*>(params.partial_output + partial * HeadDim + 4 * quad) =
+          make_float4(o0 * inverse, o1 * inverse, o2 * inverse, o3 * inverse);
+      if (quad == 0) params.partial_lse[partial] = log2_sum_exp;
+    }
+  }
+}
+
+}  // namespace decode_detail
+
+// Combines the partials of rows with more than one effective split: out = sum_s 2^(lse_s - m) o_s /
+// sum_s 2^(lse_s - m). HeadDim / 4 threads per (sequence, token, query head) row, 4 dims each.
+inline constexpr int kDecodeMergeThreads = 128;
+
+template <class T, int HeadDim>
+__global__ void __launch_bounds__(kDecodeMergeThreads) decode_merge_kernel(const DecodeParams<T> params) {
+  constexpr int kQuads = HeadDim / 4;
+  constexpr int kRowsPerCta = kDecodeMergeThreads / kQuads;
+  const float negative_infinity = -__int_as_float(0x7f800000);
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerCta + threadIdx.x / kQuads;
+  const int quad = static_cast<int>(threadIdx.x) % kQuads;
+  if (row >= params.partial_rows()) return;
+  const std::int64_t head = row % params.q.heads;
+  const std::int64_t token = (row / params.q.heads) % params.max_query_tokens;
+  const std::int64_t sequence = row / params.q.heads / params.max_query_tokens;
+  if (token >= params.q.length(sequence)) return;
+  const std::int64_t cached = decode_cached_tokens(params.cache, sequence);
+  const std::int64_t splits =
+      decode_effective_splits(decode_row_tiles(params, sequence, head / params.group, cached), params.splits);
+  if (splits <= 1) return;  // written directly by the decode kernel
+  const float* lses = params.partial_lse + row * params.splits;
+  float peak = negative_infinity;
+  for (std::int64_t s = 0; s < splits; ++s) peak = fmaxf(peak, lses[s]);
+  const float base = peak == negative_infinity ? 0.0f : peak;
+  float sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+  for (std::int64_t s = 0; s < splits; ++s) {
+    const float weight = vendor::fast_exp2(lses[s] - base);
+    const float4 o =
+        *reinterpret_cast<const float4*>(params.partial_output + (row * params.splits + s) * HeadDim + 4 * quad);
+    sum += weight;
+    o0 += o.x * weight;
+    o1 += o.y * weight;
+    o2 += o.z * weight;
+    o3 += o.w * weight;
+  }
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+  decode_detail::store_four(params.out.vector(sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse,
+                            o2 * inverse, o3 * inverse);
+  if (quad == 0 && params.lse != nullptr)
+    params.lse[head * params.lse_head_stride + (params.q.start(sequence) + token) * params.lse_token_stride] =
+        sum > 0.0f ? (base + __log2f(sum)) * decode_detail::kLn2 : negative_infinity;
+}
+
+// Tile shapes and the shared-memory budget of the NVIDIA kernel (RowBlocks: 16-row blocks of the
+// query tile, 1, 2 or 4).
+template <class T, int HeadDim, int RowBlocks>
+struct DecodeTraits {
+  static_assert(HeadDim == 64 || HeadDim == 128, "the decode kernel supports head dims 64 and 128");
+  static_assert(RowBlocks == 1 || RowBlocks == 2 || RowBlocks == 4, "query tiles have 16, 32 or 64 rows");
+  static constexpr int kTileRows = 64;  // keys per K/V tile (the name load_tile_async reads)
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRowBlocks = RowBlocks;
+  static constexpr int kKeyGroups = kWarps / RowBlocks;
+  static constexpr int kKeysPerWarp = kTileRows / kKeyGroups;  // 16, 32 or 64
+  static constexpr int kQueryRows = 16 * RowBlocks;
+  static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
+  static constexpr int kTileElements = kTileRows * HeadDim;
+  // Tiles in flight: two or three 32 KB K+V tiles per CTA at head dim 128 keep enough bytes moving
+  // with 2 CTAs per multiprocessor.
+  static constexpr int kStages = HeadDim <= 64 ? 4 : 3;
+  static constexpr int kQueryBytes = kQueryRows * HeadDim * static_cast<int>(sizeof(T));
+  static constexpr int kPipelineBytes = kStages * 2 * kTileElements * static_cast<int>(sizeof(T));
+  static constexpr int kStagingBytes = kWarps * 16 * (HeadDim + decode_detail::kStagingPad + 2) * 4;
+  static constexpr int kSharedBytes = kQueryBytes + (kPipelineBytes > kStagingBytes ? kPipelineBytes : kStagingBytes);
+};
+
+#if !defined(__HIPCC__)
+
+template <class T, int HeadDim, int RowBlocks>
+__global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks>::kThreads, 2)
+    sparse_decode_kernel(const DecodeParams<T> params) {
+  using Traits = DecodeTraits<T, HeadDim, RowBlocks>;
+  using Mma = matrix_multiply_accumulate<T>;
+  constexpr int kChunksPerRow = Traits::kChunksPerRow;
+  constexpr int kStages = Traits::kStages;
+  constexpr int kKeysPerWarp = Traits::kKeysPerWarp;
+  constexpr int kKeyFragments = kKeysPerWarp / 8;  // n8 accumulator tiles of the warp's scores
+  constexpr int kDimFragments = HeadDim / 8;       // n8 accumulator tiles of the output row
+  constexpr int kDimSteps = HeadDim / 16;          // k16 steps of Q * K^T
+  const float negative_infinity = -__int_as_float(0x7f800000);
+
+  decode_detail::DecodeCtaWork work;
+  if (!decode_detail::plan_decode_cta(params, work)) return;
+
+  extern __shared__ __align__(128) unsigned char decode_shared_bytes[];
+  T* const shared_query = reinterpret_cast<T*>(decode_shared_bytes);
+  T* const shared_tiles = reinterpret_cast<T*>(decode_shared_bytes + Traits::kQueryBytes);
+  const int thread = static_cast<int>(threadIdx.x);
+
+  // ---- Q: the group's rows, zeros for the padding rows ----
+  for (int index = thread; index < Traits::kQueryRows * kChunksPerRow; index += Traits::kThreads) {
+    const int row = index / kChunksPerRow, chunk = index % kChunksPerRow;
+    const bool valid = row < work.rows;
+    const T* source =
+        valid ? params.q.vector(work.sequence, work.row_token(row), work.row_head(row)) + chunk * 8 : params.q.data;
+    vendor::copy_async_16_bytes(shared_query + swizzled_offset<kChunksPerRow>(row, chunk), source, valid);
+  }
+
+  const KvCacheView<const T>& cache = params.cache;
+  auto load_tile = [&](std::int64_t tile, int stage) {
+    T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
+    T* const values = keys + Traits::kTileElements;
+    const std::int64_t first_key = tile * Traits::kTileRows;
+    const std::int64_t valid_rows = work.cached_tokens - first_key;
+    if (params.tile_in_one_page) {  // one address per tile, rows token_stride apart
+      const std::int64_t offset = valid_rows > 0 ? cache.offset(work.sequence, first_key, work.kv_head) : 0;
+      detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows);
+      detail::load_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows);
+      return;
+    }
+    // Pages smaller than a tile (or not a multiple of it): each token row has its own page.
+    constexpr int kRowsPerPass = Traits::kThreads / kChunksPerRow;
+    const int chunk = thread % kChunksPerRow, first = thread / kChunksPerRow;
+#pragma unroll
+    for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+      const int row = first + pass * kRowsPerPass;
+      const bool valid = row < valid_rows;
+      const std::int64_t offset = valid ? cache.offset(work.sequence, first_key + row, work.kv_head) + chunk * 8 : 0;
+      const int destination = swizzled_offset<kChunksPerRow>(row, chunk);
+      vendor::copy_async_16_bytes(keys + destination, cache.keys + offset, valid);
+      vendor::copy_async_16_bytes(values + destination, cache.values + offset, valid);
+    }
+  };
+
+  // ---- pipeline prologue: Q and the first kStages - 1 tiles, one commit group each ----
+#pragma unroll
+  for (int stage = 0; stage < kStages - 1; ++stage) {
+    if (stage < work.steps) load_tile(work.tile(stage), stage);
+    vendor::commit_async_copies();
+  }
+
+  const int lane = vendor::lane_index();
+  const int warp = vendor::warp_index();
+  const int row_block = warp % RowBlocks;
+  const int key_base = (warp / RowBlocks) * kKeysPerWarp;  // the warp's keys within each tile
+  const int group_row = lane / 4;
+  const int group_column = lane % 4;
+  const int query_ldm_row = 16 * row_block + (lane % 8) + 8 * ((lane / 8) % 2);
+  const int query_ldm_chunk = lane / 16;
+  const int key_ldm_row = (lane % 8) + 8 * (lane / 16);
+  const int key_ldm_chunk = (lane / 8) % 2;
+  const int value_ldm_row = (lane % 8) + 8 * ((lane / 8) % 2);
+  const int value_ldm_chunk = lane / 16;
+  const int lane_low_bits = lane % 8;
+
+  std::int64_t row_limit[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) row_limit[half] = work.row_limit(16 * row_block + group_row + 8 * half);
+  // Keys below this are visible to every row: tiles before it need no mask.
+  const std::int64_t first_masked_key = work.geometry.last_visible_key(0) + 1;
+
+  std::uint32_t query_fragments[kDimSteps][4];
+  float output[kDimFragments][4];
+#pragma unroll
+  for (int f = 0; f < kDimFragments; ++f) output[f][0] = output[f][1] = output[f][2] = output[f][3] = 0.0f;
+  float running_max[2] = {negative_infinity, negative_infinity};  // scaled log2 units
+  float running_sum[2] = {0.0f, 0.0f};                            // this lane's partial sums
+
+  std::int64_t next_tile = kStages - 1 < work.steps ? work.tile(kStages - 1) : 0;
+  for (std::int64_t step = 0; step < work.steps; ++step) {
+    vendor::wait_async_copies<kStages - 2>();  // tile `step` (and Q) landed for this thread
+    __syncthreads();                           // ... for all; every warp is done with tile step - 1
+    if (step == 0) {
+#pragma unroll
+      for (int step_d = 0; step_d < kDimSteps; ++step_d)
+        load_matrix_x4(
+            query_fragments[step_d],
+            shared_query + swizzled_pair_offset<kChunksPerRow>(query_ldm_row, lane_low_bits, step_d, query_ldm_chunk));
+    }
+    {
+      const std::int64_t ahead = step + kStages - 1;  // refills the buffer of tile step - 1
+      if (ahead < work.steps) {
+        load_tile(next_tile, static_cast<int>(ahead % kStages));
+        next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
+      }
+      vendor::commit_async_copies();
+    }
+    const std::int64_t tile = work.tile(step);
+    const T* const keys = shared_tiles + static_cast<int>(step % kStages) * 2 * Traits::kTileElements;
+    const T* const values = keys + Traits::kTileElements;
+
+    // ---- scores = Q * K^T: 16 rows x kKeysPerWarp keys ----
+    float scores[kKeyFragments][4];
+#pragma unroll
+    for (int f = 0; f < kKeyFragments; ++f) scores[f][0] = scores[f][1] = scores[f][2] = scores[f][3] = 0.0f;
+#pragma unroll
+    for (int step_d = 0; step_d < kDimSteps; ++step_d)
+#pragma unroll
+      for (int pair = 0; pair < kKeyFragments / 2; ++pair) {
+        std::uint32_t b[4];
+        load_matrix_x4(b, keys + swizzled_pair_offset<kChunksPerRow>(key_base + 16 * pair + key_ldm_row, lane_low_bits,
+                                                                     step_d, key_ldm_chunk));
+        Mma::run(scores[2 * pair], query_fragments[step_d], b[0], b[1]);
+        Mma::run(scores[2 * pair + 1], query_fragments[step_d], b[2], b[3]);
+      }
+
+    // ---- mask: the new tokens' causal edge and the ragged end (the last tile or two) ----
+    const std::int64_t first_key = tile * Traits::kTileRows + key_base;
+    if (first_key + kKeysPerWarp > first_masked_key) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const std::int64_t limit = row_limit[half] - first_key;
+        const int last_visible = limit < -1 ? -1 : (limit > kKeysPerWarp ? kKeysPerWarp : static_cast<int>(limit));
+#pragma unroll
+        for (int f = 0; f < kKeyFragments; ++f)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            if (8 * f + 2 * group_column + c > last_visible) scores[f][2 * half + c] = negative_infinity;
+      }
+    }
+
+    // ---- online softmax ----
+    float rescale[2];
+    bool max_unchanged = true;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = negative_infinity;
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f)
+        tile_max = fmaxf(tile_max, fmaxf(scores[f][2 * half], scores[f][2 * half + 1]));
+      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
+      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
+      const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
+      const float base = new_max == negative_infinity ? 0.0f : new_max;  // no -inf - -inf
+      rescale[half] = vendor::fast_exp2(running_max[half] - base);
+      max_unchanged = max_unchanged && new_max == running_max[half];
+      running_max[half] = new_max;
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float probability = vendor::fast_exp2(fmaf(scores[f][2 * half + c], params.scale_log2, -base));
+          scores[f][2 * half + c] = probability;
+          tile_sum += probability;
+        }
+      running_sum[half] = running_sum[half] * rescale[half] + tile_sum;
+    }
+    if (!vendor::warp_all(max_unchanged)) {
+#pragma unroll
+      for (int f = 0; f < kDimFragments; ++f) {
+        output[f][0] *= rescale[0];
+        output[f][1] *= rescale[0];
+        output[f][2] *= rescale[1];
+        output[f][3] *= rescale[1];
+      }
+    }
+
+    // ---- output += P * V ----
+#pragma unroll
+    for (int step_k = 0; step_k < kKeysPerWarp / 16; ++step_k) {
+      std::uint32_t a[4];
+      a[0] = vendor::element_traits<T>::pack(scores[2 * step_k][0], scores[2 * step_k][1]);
+      a[1] = vendor::element_traits<T>::pack(scores[2 * step_k][2], scores[2 * step_k][3]);
+      a[2] = vendor::element_traits<T>::pack(scores[2 * step_k + 1][0], scores[2 * step_k + 1][1]);
+      a[3] = vendor::element_traits<T>::pack(scores[2 * step_k + 1][2], scores[2 * step_k + 1][3]);
+#pragma unroll
+      for (int pair = 0; pair < kDimFragments / 2; ++pair) {
+        std::uint32_t b[4];
+        load_matrix_x4_transposed(
+            b, values + swizzled_pair_offset<kChunksPerRow>(key_base + 16 * step_k + value_ldm_row, lane_low_bits, pair,
+                                                            value_ldm_chunk));
+        Mma::run(output[2 * pair], a, b[0], b[1]);
+        Mma::run(output[2 * pair + 1], a, b[2], b[3]);
+      }
+    }
+  }
+  vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
+  __syncthreads();                 // every warp is done with the tiles
+
+  // ---- stage each warp's (max, sum, output) and combine ----
+  float* const maxima = reinterpret_cast<float*>(shared_tiles);
+  float* const sums = maxima + Traits::kWarps * 16;
+  float* const staged = sums + Traits::kWarps * 16;
+  constexpr int kStride = HeadDim + decode_detail::kStagingPad;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = running_sum[half];
+    sum += vendor::shuffle_xor(sum, 1);
+    sum += vendor::shuffle_xor(sum, 2);
+    const int slot = warp * 16 + group_row + 8 * half;
+    if (group_column == 0) {
+      maxima[slot] = running_max[half];
+      sums[slot] = sum;
+    }
+#pragma unroll
+    for (int f = 0; f < kDimFragments; ++f)
+      *reinterpret_cast<float2*>(staged + slot * kStride + 8 * f + 2 * group_column) =
+          make_float2(output[f][2 * half], output[f][2 * half + 1]);
+  }
+  __syncthreads();
+  decode_detail::write_decode_rows<T, HeadDim, RowBlocks, Traits::kKeyGroups>(params, work, maxima, sums, staged);
+}
+
+#endif  // !__HIPCC__
+
+// Calls launch(std::integral_constant<int, D>{}, std::integral_constant<int, R>{}) for the compiled
+// head dim D and the row blocks R (1, 2 or 4) that hold heads_per_cta x max_query_tokens rows.
+template <class T, class Launch>
+void dispatch_decode_kernel(const DecodeParams<T>& params, Launch&& launch) {
+  const std::int64_t rows = params.heads_per_cta * params.max_query_tokens;
+  auto with_rows = [&](auto head_dim) {
+    if (rows <= 16) {
+      launch(head_dim, std::integral_constant<int, 1>{});
+    } else if (rows <= 32) {
+      launch(head_dim, std::integral_constant<int, 2>{});
+    } else {
+      launch(head_dim, std::integral_constant<int, 4>{});
+    }
+  };
+  if (params.q.head_dim == 64) {
+    with_rows(std::integral_constant<int, 64>{});
+  } else {
+    with_rows(std::integral_constant<int, 128>{});
+  }
+}
+
+}  // namespace seer::gpu

@@ -1,0 +1,253 @@
+// The parameters of seer's split-KV decode kernels (seer/gpu/decode_kernel.hpp, NVIDIA, and
+// seer/gpu/decode_kernel_amd.hpp, AMD), the split schedule both kernels and the merge kernel share,
+// and the host validation that turns a decode call into parameters. Plain C++: no GPU headers, and
+// nothing here reads device memory on the host.
+//
+// Work decomposition. One CTA serves (sequence b, KV head, chunk of the group's query heads, split s).
+// The kept tiles of row (b, KV head) (its DecodeBlockList row, or every tile of the sequence when
+// dense) are cut into `effective_splits` contiguous ranges of near-equal length, so splits balance
+// over the tiles a row really reads, not over the whole context. The host fixes only an upper bound
+// (`splits`, the grid's x extent) from what it knows without reading device memory (the block list
+// capacity, the cache's max_length, the number of multiprocessors); each row derives its own
+// effective count on the device from its kept-tile count: at least kDecodeMinTilesPerSplit tiles per
+// split, so rows with few blocks use one split and write their output directly. Rows with more than
+// one effective split write fp32 partial outputs and log-sum-exps to the workspace, and the merge
+// kernel combines them.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "seer/core/attention_problem.hpp"
+#include "seer/core/error.hpp"
+#include "seer/core/numeric_types.hpp"
+#include "seer/core/platform.hpp"
+#include "seer/core/sequence_batch.hpp"
+#include "seer/core/tensor_view.hpp"
+#include "seer/decode/decode_block_list.hpp"
+#include "seer/decode/kv_cache.hpp"
+
+namespace seer::gpu {
+
+inline constexpr std::int64_t kDecodeTileKeys = 64;         // keys per K/V tile = the block size
+inline constexpr std::int64_t kDecodeMaxRows = 64;          // query rows (heads x tokens) of one CTA
+inline constexpr std::int64_t kDecodeMaxQueryTokens = 8;    // new tokens per sequence (speculative decoding)
+inline constexpr std::int64_t kDecodeMinTilesPerSplit = 2;  // fewer and a split costs more than it saves
+inline constexpr std::int64_t kDecodeMaxSplits = 128;       // bound on the workspace and the merge loop
+
+inline bool decode_supports_head_dim(std::int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+template <class T>
+struct DecodeParams {
+  SequenceBatch<const T> q;
+  SequenceBatch<T> out;
+  KvCacheView<const T> cache;
+  DecodeBlockListView blocks;  // valid when has_blocks
+  bool has_blocks = false;     // false: dense decoding over every cached token
+  bool causal = true;
+  float* lse = nullptr;  // [Hq, total_q] or null
+  std::int64_t lse_head_stride = 0;
+  std::int64_t lse_token_stride = 0;
+  float* partial_output = nullptr;  // workspace: [partial rows][splits][head_dim], normalised
+  float* partial_lse = nullptr;     // workspace: [partial rows][splits], base-2 log-sum-exp
+  std::int64_t group = 1;           // query heads per KV head
+  std::int64_t heads_per_cta = 1;   // query heads of one group served by one CTA
+  std::int64_t head_chunks = 1;     // CTAs per group: ceil(group / heads_per_cta)
+  std::int64_t max_query_tokens = 1;
+  std::int64_t splits = 1;       // grid x: the upper bound on any row's effective splits
+  bool tile_in_one_page = true;  // contiguous cache, or pages a multiple of 64 tokens
+  float scale_log2 = 0.0f;       // softmax_scale * log2(e)
+
+  // Partial rows are indexed (sequence, token, query head) with the token below max_query_tokens,
+  // which the host knows for padded and packed batches alike.
+  SEER_HOST_DEVICE std::int64_t partial_row(std::int64_t sequence, std::int64_t token, std::int64_t head) const {
+    return (sequence * max_query_tokens + token) * q.heads + head;
+  }
+  SEER_HOST_DEVICE std::int64_t partial_rows() const { return q.batch * max_query_tokens * q.heads; }
+};
+
+// Tiles that row (sequence, kv_head) reads: its kept-block count, or every tile of the sequence.
+// A count outside [0, capacity] (a broken list) is clamped, so no kernel reads past its row.
+template <class T>
+SEER_HOST_DEVICE std::int64_t decode_row_tiles(const DecodeParams<T>& params, std::int64_t sequence,
+                                               std::int64_t kv_head, std::int64_t cached_tokens) {
+  if (!params.has_blocks) return (cached_tokens + kDecodeTileKeys - 1) / kDecodeTileKeys;
+  const std::int64_t count = params.blocks.row_size(params.blocks.row(sequence, kv_head));
+  return count < 0 ? 0 : (count < params.blocks.capacity ? count : params.blocks.capacity);
+}
+
+// Splits a row with `tiles` kept tiles actually uses (1 .. splits).
+SEER_HOST_DEVICE inline std::int64_t decode_effective_splits(std::int64_t tiles, std::int64_t splits) {
+  const std::int64_t wanted = (tiles + kDecodeMinTilesPerSplit - 1) / kDecodeMinTilesPerSplit;
+  return wanted < 1 ? 1 : (wanted < splits ? wanted : splits);
+}
+
+// Cached tokens of a sequence as the kernels use them: lengths[b] clamped to the cache capacity, so a
+// broken length cannot send a kernel outside the cache.
+template <class T>
+SEER_HOST_DEVICE std::int64_t decode_cached_tokens(const KvCacheView<const T>& cache, std::int64_t sequence) {
+  const std::int64_t length = cache.length(sequence);
+  const std::int64_t capacity = cache.capacity();
+  return length < 0 ? 0 : (length < capacity ? length : capacity);
+}
+
+// The launch shape the host derives from host-known sizes: query heads per CTA and the split bound.
+struct DecodeLaunchShape {
+  std::int64_t heads_per_cta = 1;
+  std::int64_t head_chunks = 1;
+  std::int64_t splits = 1;
+};
+
+// `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
+// multiprocessor). The split bound minimises a simple time model of the longest row: waves of CTAs x
+// (tiles per CTA + 1, the fixed cost of a CTA: Q, pipeline fill, epilogue); ties go to fewer splits
+// (less workspace traffic). One trailing wave that is nearly empty costs as much as a full one, which
+// the model sees.
+inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_heads, std::int64_t kv_heads,
+                                             std::int64_t max_query_tokens, std::int64_t max_cached_tokens,
+                                             const DecodeBlockListView* blocks, std::int64_t resident_ctas) {
+  DecodeLaunchShape shape;
+  const std::int64_t group = q_heads / kv_heads;
+  const std::int64_t tokens = std::max<std::int64_t>(1, max_query_tokens);
+  shape.heads_per_cta = std::min(group, std::max<std::int64_t>(1, kDecodeMaxRows / tokens));
+  shape.head_chunks = (group + shape.heads_per_cta - 1) / shape.heads_per_cta;
+  std::int64_t max_tiles = (max_cached_tokens + kDecodeTileKeys - 1) / kDecodeTileKeys;
+  if (blocks != nullptr) max_tiles = std::min(max_tiles, blocks->capacity);
+  const std::int64_t useful = decode_effective_splits(max_tiles, kDecodeMaxSplits);
+  const std::int64_t ctas_per_split = std::max<std::int64_t>(1, batch * kv_heads * shape.head_chunks);
+  const std::int64_t slots = std::max<std::int64_t>(1, resident_ctas);
+  std::int64_t best_cost = -1;
+  for (std::int64_t s = 1; s <= useful; ++s) {
+    const std::int64_t waves = (ctas_per_split * s + slots - 1) / slots;
+    const std::int64_t cost = waves * ((max_tiles + s - 1) / s + 1);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      shape.splits = s;
+    }
+  }
+  return shape;
+}
+
+// Workspace bytes for a launch shape: fp32 partial outputs and log-sum-exps, none with one split.
+inline std::int64_t decode_workspace_bytes_for(std::int64_t batch, std::int64_t q_heads, std::int64_t max_query_tokens,
+                                               std::int64_t head_dim, std::int64_t splits) {
+  if (splits <= 1) return 0;
+  const std::int64_t rows = batch * max_query_tokens * q_heads;
+  return rows * splits * (head_dim + 1) * static_cast<std::int64_t>(sizeof(float));
+}
+
+template <class T>
+void require_decode_vectors(const SequenceBatch<T>& batch, const char* name) {
+  // Tiles move 16-byte chunks (8 elements): every vector must start on a 16-byte boundary.
+  require(reinterpret_cast<std::uintptr_t>(batch.data) % 16 == 0, name,
+          "data must be 16-byte aligned for vectorised loads");
+  require(batch.dim_stride == 1, name, "dim stride is ", batch.dim_stride, ", expected 1 (contiguous head vectors)");
+  require(batch.token_stride % 8 == 0 && batch.head_stride % 8 == 0 && batch.batch_stride % 8 == 0, name,
+          "token, head and batch strides (", batch.token_stride, ", ", batch.head_stride, ", ", batch.batch_stride,
+          ") must be multiples of 8 elements for 16-byte loads");
+}
+
+// Everything the host can check of a decode call (nothing in device memory is read).
+template <class T>
+void validate_decode_call(const SequenceBatch<const T>& q, const KvCacheView<const T>& cache,
+                          const DecodeBlockListView* blocks, const AttentionOptions& options,
+                          const SequenceBatch<T>& out, const TensorView<float, 2>& lse) {
+  static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, half>,
+                "sparse_decode takes seer::bfloat16 or seer::half elements");
+  require(q.data != nullptr, "q", "data pointer is null");
+  require(out.data != nullptr, "out", "data pointer is null");
+  require(cache.keys != nullptr && cache.values != nullptr, "cache", "keys or values pointer is null");
+  require(cache.lengths != nullptr, "cache", "lengths pointer is null");
+  require(q.heads > 0, "q", "has ", q.heads, " heads, expected > 0");
+  require(cache.heads > 0, "cache", "has ", cache.heads, " KV heads, expected > 0");
+  require(q.heads % cache.heads == 0, "cache", "has ", cache.heads, " KV heads, which does not divide the ", q.heads,
+          " query heads (GQA needs num_q_heads % num_kv_heads == 0)");
+  require(decode_supports_head_dim(q.head_dim), "q", "head dim is ", q.head_dim, ", supported: 64, 128");
+  require(cache.head_dim == q.head_dim, "cache", "head dim is ", cache.head_dim, ", expected q's ", q.head_dim);
+  require(cache.batch == q.batch, "cache", "holds ", cache.batch, " sequences, expected q's ", q.batch);
+  require(out.heads == q.heads && out.head_dim == q.head_dim, "out", "shape [.., ", out.heads, ", ", out.head_dim,
+          "] differs from q's [.., ", q.heads, ", ", q.head_dim, "]");
+  require(out.batch == q.batch, "out", "batch ", out.batch, " differs from q's ", q.batch);
+  require(out.is_packed() == q.is_packed(), "out", "must use q's layout (padded or packed)");
+  require(!out.is_packed() || out.cu_seqlens == q.cu_seqlens, "out", "packed out must share q's cu_seqlens");
+  require(out.max_length == q.max_length, "out", "max length ", out.max_length, " differs from q's ", q.max_length);
+  require(q.max_length >= 1 && q.max_length <= kDecodeMaxQueryTokens, "q", "max_length (query tokens per sequence) is ",
+          q.max_length, ", expected 1 to ", kDecodeMaxQueryTokens);
+  require_decode_vectors(q, "q");
+  require_decode_vectors(out, "out");
+  require(reinterpret_cast<std::uintptr_t>(cache.keys) % 16 == 0 &&
+              reinterpret_cast<std::uintptr_t>(cache.values) % 16 == 0,
+          "cache", "keys and values must be 16-byte aligned for vectorised loads");
+  require(cache.page_stride % 8 == 0 && cache.token_stride % 8 == 0 && cache.head_stride % 8 == 0, "cache",
+          "page, token and head strides (", cache.page_stride, ", ", cache.token_stride, ", ", cache.head_stride,
+          ") must be multiples of 8 elements for 16-byte loads");
+  require(cache.page_size > 0, "cache", "page size is ", cache.page_size, ", expected > 0");
+  require(cache.max_length >= 0, "cache", "max_length is ", cache.max_length, ", expected >= 0");
+  require(std::isfinite(options.softmax_scale) && options.softmax_scale >= 0.0, "options.softmax_scale", "is ",
+          options.softmax_scale, ", expected a finite value > 0 (or 0 for 1/sqrt(head_dim))");
+  require(q.batch <= 65535, "q", "batch is ", q.batch, ", at most 65535 sequences per call");
+  if (lse.data != nullptr) {
+    validate_view(lse, "lse");
+    require(lse.extent[0] == q.heads, "lse", "has ", lse.extent[0], " rows, expected one per query head (", q.heads,
+            ")");
+    const std::int64_t columns = q.is_packed() ? q.stored_tokens : q.batch * q.max_length;
+    require(lse.extent[1] >= columns, "lse", "has ", lse.extent[1], " columns, expected one per query token (", columns,
+            ")");
+  }
+  if (blocks != nullptr) {
+    require(blocks->key_blocks != nullptr && blocks->counts != nullptr, "blocks", "has a null device pointer");
+    require(blocks->block_size == kDecodeTileKeys, "blocks", "block_size is ", blocks->block_size, ", expected ",
+            kDecodeTileKeys);
+    require(blocks->batch == q.batch, "blocks", "covers ", blocks->batch, " sequences, expected ", q.batch);
+    require(blocks->kv_heads == cache.heads, "blocks", "has ", blocks->kv_heads, " KV heads, expected the cache's ",
+            cache.heads);
+    require(blocks->capacity >= 0, "blocks", "capacity is ", blocks->capacity, ", expected >= 0");
+  }
+}
+
+// Validates the call, checks the workspace against the shape, and fills the kernels' parameters.
+template <class T>
+DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T> cache,
+                                   const DecodeBlockListView* blocks, const AttentionOptions& options,
+                                   SequenceBatch<T> out, TensorView<float, 2> lse, const DecodeLaunchShape& shape,
+                                   void* workspace, std::int64_t workspace_bytes) {
+  validate_decode_call(q, cache, blocks, options, out, lse);
+  DecodeParams<T> params;
+  params.q = q;
+  params.out = out;
+  params.cache = cache;
+  params.causal = options.causal;
+  params.group = q.heads / cache.heads;
+  params.heads_per_cta = shape.heads_per_cta;
+  params.head_chunks = shape.head_chunks;
+  params.max_query_tokens = q.max_length;
+  params.splits = shape.splits;
+  params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
+  params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
+  require(cache.heads * shape.head_chunks <= 65535, "cache", "has ", cache.heads,
+          " KV heads, too many for one grid (at most 65535 KV heads x head chunks)");
+  if (lse.data != nullptr) {
+    params.lse = lse.data;
+    params.lse_head_stride = lse.stride[0];
+    params.lse_token_stride = lse.stride[1];
+  }
+  if (blocks != nullptr) {
+    params.blocks = *blocks;
+    params.has_blocks = true;
+  }
+  const std::int64_t needed = decode_workspace_bytes_for(q.batch, q.heads, q.max_length, q.head_dim, shape.splits);
+  if (needed > 0) {
+    require(workspace != nullptr, "workspace", "is null but this call needs ", needed,
+            " bytes (ask decode_workspace_bytes)");
+    require(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "workspace", "must be 16-byte aligned");
+    require(workspace_bytes >= needed, "workspace", "holds ", workspace_bytes, " bytes, this call needs ", needed,
+            " (ask decode_workspace_bytes)");
+    params.partial_output = static_cast<float*>(workspace);
+    params.partial_lse = params.partial_output + params.partial_rows() * shape.splits * q.head_dim;
+  }
+  return params;
+}
+
+}  // namespace seer::gpu

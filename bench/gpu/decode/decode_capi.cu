@@ -1,0 +1,91 @@
+// A tiny C entry point for the decode benchmark (Python + ctypes), not part of seer's API: one Python
+// process times seer's decode and PyTorch's SDPA on the same cache with the same method.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+
+#include "seer/cuda/sparse_decode.hpp"
+
+namespace {
+
+void copy_message(const char* text, char* buffer, std::int64_t capacity) {
+  if (buffer == nullptr || capacity <= 0) return;
+  const std::size_t length = std::min<std::size_t>(std::strlen(text), static_cast<std::size_t>(capacity - 1));
+  std::memcpy(buffer, text, length);
+  buffer[length] = '\0';
+}
+
+struct Views {
+  seer::SequenceBatch<const seer::bfloat16> q;
+  seer::SequenceBatch<seer::bfloat16> out;
+  seer::KvCacheView<const seer::bfloat16> cache;
+  seer::DecodeBlockListView blocks;
+};
+
+// q, out: [batch, q_len, q_heads, head_dim]; keys, values: [batch, capacity, kv_heads, head_dim]; bf16,
+// contiguous, device memory; lengths: [batch] int32 device memory.
+Views make_views(const void* q, const void* keys, const void* values, const std::int32_t* lengths, void* out,
+                 std::int64_t batch, std::int64_t q_len, std::int64_t q_heads, std::int64_t kv_heads,
+                 std::int64_t head_dim, std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
+                 const std::int32_t* counts, std::int64_t block_capacity) {
+  using seer::bfloat16;
+  Views views;
+  views.q = seer::padded_batch(seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(q),
+                                                                               {batch, q_len, q_heads, head_dim}),
+                               "q");
+  views.out = seer::padded_batch(
+      seer::TensorView<bfloat16, 4>::contiguous(static_cast<bfloat16*>(out), {batch, q_len, q_heads, head_dim}), "out");
+  const auto k = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(keys),
+                                                                 {batch, capacity, kv_heads, head_dim});
+  const auto v = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(values),
+                                                                 {batch, capacity, kv_heads, head_dim});
+  views.cache = seer::contiguous_kv_cache(k, v, lengths, max_length);
+  views.blocks = seer::DecodeBlockListView{key_blocks, counts, batch, kv_heads, block_capacity, 64};
+  return views;
+}
+
+}  // namespace
+
+// Workspace bytes for these shapes (key_blocks == nullptr: dense). Returns -1 with a message on error.
+extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std::int64_t q_len, std::int64_t q_heads,
+                                                         std::int64_t kv_heads, std::int64_t head_dim,
+                                                         std::int64_t capacity, std::int64_t max_length,
+                                                         std::int64_t block_capacity, int dense, char* error,
+                                                         std::int64_t error_capacity) {
+  try {
+    alignas(16) static seer::bfloat16 placeholder[8];
+    static std::int32_t index_placeholder[1];
+    const Views views =
+        make_views(placeholder, placeholder, placeholder, index_placeholder, placeholder, batch, q_len, q_heads,
+                   kv_heads, head_dim, capacity, max_length, index_placeholder, index_placeholder, block_capacity);
+    return seer::cuda::decode_workspace_bytes<seer::bfloat16>(views.q, views.cache,
+                                                              dense != 0 ? nullptr : &views.blocks);
+  } catch (const std::exception& e) {
+    copy_message(e.what(), error, error_capacity);
+    return -1;
+  }
+}
+
+// One decode call on `stream`. key_blocks == nullptr selects dense decoding. Returns 0, or 1 with a message.
+extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
+                                      void* out, float* lse, std::int64_t batch, std::int64_t q_len,
+                                      std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
+                                      std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
+                                      const std::int32_t* counts, std::int64_t block_capacity, void* workspace,
+                                      std::int64_t workspace_bytes, void* stream, char* error,
+                                      std::int64_t error_capacity) {
+  try {
+    const Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
+                                   max_length, key_blocks, counts, block_capacity);
+    seer::TensorView<float, 2> lse_view;
+    if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
+    seer::cuda::sparse_decode<seer::bfloat16>(views.q, views.cache, key_blocks != nullptr ? &views.blocks : nullptr,
+                                              seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
+                                              static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    copy_message(e.what(), error, error_capacity);
+    return 1;
+  }
+}

@@ -1,0 +1,140 @@
+// The device side of decode_runner.hpp: uploads, poisons, runs seer::cuda::sparse_decode (or the AMD
+// decode kernel through the same parameters), downloads.
+#include "decode_runner.hpp"
+
+#include <memory>
+#include <vector>
+
+#include "device_test_support.hpp"
+#include "seer/cuda/sparse_decode.hpp"
+#include "seer/gpu/decode_kernel_amd.hpp"
+#include "seer/gpu/decode_params.hpp"
+#include "seer/gpu/vendor.hpp"
+
+namespace seer::decode_test {
+
+namespace {
+
+using gpu_test::DeviceArray;
+using gpu_test::Stream;
+
+// The AMD kernel on NVIDIA: 4 warps of 32 lanes, the portable tile path (what seer::hip launches, with
+// the width read from the device there).
+template <class T, int HeadDim, int RowBlocks>
+void launch_amd_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
+  using Traits = gpu::AmdDecodeTraits<T, HeadDim, RowBlocks>;
+  auto* kernel = &gpu::sparse_decode_kernel_amd<T, HeadDim, RowBlocks>;
+  gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
+  const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
+                  static_cast<unsigned>(params.q.batch));
+  kernel<<<grid, Traits::kWarps * gpu::vendor::warp_size, Traits::kSharedBytes, stream>>>(params);
+  gpu::vendor::check_last_launch("sparse_decode_kernel_amd launch");
+  if (params.splits > 1) {
+    constexpr int kRowsPerCta = gpu::kDecodeMergeThreads / (HeadDim / 4);
+    const std::int64_t ctas = (params.partial_rows() + kRowsPerCta - 1) / kRowsPerCta;
+    gpu::decode_merge_kernel<T, HeadDim><<<static_cast<unsigned>(ctas), gpu::kDecodeMergeThreads, 0, stream>>>(params);
+    gpu::vendor::check_last_launch("decode_merge_kernel launch");
+  }
+}
+
+template <class T>
+void amd_decode(SequenceBatch<const T> q, KvCacheView<const T> cache, const DecodeBlockListView* blocks,
+                const AttentionOptions& options, SequenceBatch<T> out, TensorView<float, 2> lse, void* workspace,
+                std::int64_t workspace_bytes, const gpu::DecodeLaunchShape& shape, cudaStream_t stream) {
+  const gpu::DecodeParams<T> params =
+      gpu::make_decode_params<T>(q, cache, blocks, options, out, lse, shape, workspace, workspace_bytes);
+  if (q.batch == 0) return;
+  gpu::dispatch_decode_kernel(params, [&](auto head_dim, auto row_blocks) {
+    launch_amd_decode<T, decltype(head_dim)::value, decltype(row_blocks)::value>(params, stream);
+  });
+}
+
+template <class U>
+std::unique_ptr<DeviceArray<U>> upload(const U* host, std::int64_t count) {
+  if (host == nullptr) return nullptr;
+  return std::make_unique<DeviceArray<U>>(host, count);
+}
+
+}  // namespace
+
+bool have_gpu() { return gpu_test::device_present(); }
+
+template <class T>
+std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
+  DeviceArray<T> q(call.q.data, call.q_elements);
+  DeviceArray<T> keys(call.cache.keys, call.cache_elements), values(call.cache.values, call.cache_elements);
+  DeviceArray<std::int32_t> lengths(call.cache.lengths, call.cache.batch);
+  const auto page_table = upload(call.cache.page_table, call.page_table_elements);
+  const auto cu_seqlens = upload(call.q.cu_seqlens, call.q.batch + 1);
+  DeviceArray<T> out(call.out_elements);
+  out.poison();
+
+  SequenceBatch<const T> device_q = call.q;
+  device_q.data = q.get();
+  device_q.cu_seqlens = cu_seqlens != nullptr ? cu_seqlens->get() : nullptr;
+  SequenceBatch<T> device_out = call.out;
+  device_out.data = out.get();
+  device_out.cu_seqlens = device_q.cu_seqlens;
+  KvCacheView<const T> device_cache = call.cache;
+  device_cache.keys = keys.get();
+  device_cache.values = values.get();
+  device_cache.lengths = lengths.get();
+  device_cache.page_table = page_table != nullptr ? page_table->get() : nullptr;
+
+  std::unique_ptr<DeviceArray<std::int32_t>> key_blocks, counts;
+  DecodeBlockListView device_blocks;
+  if (call.blocks != nullptr) {
+    device_blocks = *call.blocks;
+    key_blocks = upload(call.blocks->key_blocks, call.blocks->batch * call.blocks->kv_heads * call.blocks->capacity);
+    counts = upload(call.blocks->counts, call.blocks->batch * call.blocks->kv_heads);
+    device_blocks.key_blocks = key_blocks->get();
+    device_blocks.counts = counts->get();
+  }
+  const DecodeBlockListView* blocks = call.blocks != nullptr ? &device_blocks : nullptr;
+
+  const std::int64_t lse_elements = call.lse.data != nullptr ? call.lse.size() : 0;
+  DeviceArray<float> lse(lse_elements);
+  TensorView<float, 2> device_lse;
+  if (call.lse.data != nullptr) {
+    lse.poison();
+    device_lse = TensorView<float, 2>{lse.get(), call.lse.extent, call.lse.stride};
+  }
+
+  gpu::DecodeLaunchShape shape = cuda::detail::automatic_decode_shape(device_q, device_cache, blocks);
+  if (call.forced_splits > 0) shape.splits = call.forced_splits;
+  const std::int64_t workspace_bytes =
+      gpu::decode_workspace_bytes_for(call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
+  if (call.forced_splits == 0 && !call.amd_kernel)  // the public query agrees with the automatic shape
+    if (cuda::decode_workspace_bytes(device_q, device_cache, blocks) != workspace_bytes)
+      throw Error("decode_workspace_bytes disagrees with the shape sparse_decode uses");
+  DeviceArray<float> workspace((workspace_bytes + 3) / 4);
+  workspace.poison();
+
+  Stream stream;
+  auto enqueue = [&](cudaStream_t on) {
+    if (call.amd_kernel) {
+      amd_decode<T>(device_q, device_cache, blocks, call.options, device_out, device_lse, workspace.get(),
+                    workspace_bytes, shape, on);
+    } else if (call.forced_splits > 0) {
+      cuda::detail::sparse_decode_with_shape<T>(device_q, device_cache, blocks, call.options, device_out, device_lse,
+                                                workspace.get(), workspace_bytes, shape, on);
+    } else {
+      cuda::sparse_decode<T>(device_q, device_cache, blocks, call.options, device_out, device_lse, workspace.get(),
+                             workspace_bytes, on);
+    }
+  };
+  if (call.capture_in_graph) {
+    gpu::vendor::capture_and_replay(stream.get(), 2, enqueue);
+  } else {
+    enqueue(stream.get());
+  }
+  stream.synchronize();
+  out.download(call.out.data, call.out_elements);
+  if (call.lse.data != nullptr) lse.download(call.lse.data, lse_elements);
+  return shape.splits;
+}
+
+template std::int64_t run_decode_on_device<bfloat16>(const HostDecodeCall<bfloat16>&);
+template std::int64_t run_decode_on_device<half>(const HostDecodeCall<half>&);
+
+}  // namespace seer::decode_test

@@ -1,0 +1,143 @@
+// Host-side validation of seer::cuda::sparse_decode. Validation needs no device memory, so these
+// cases run everywhere, also in CI without a GPU: the data pointers are aligned stand-ins that the call
+// rejects before anything is enqueued (the split shape is given explicitly, so no device is queried).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "seer/cuda/sparse_decode.hpp"
+
+namespace {
+
+using namespace seer;
+
+alignas(16) bfloat16 placeholder[64];
+std::int32_t lengths_placeholder[4] = {100, 100, 100, 100};
+std::int32_t blocks_placeholder[64];
+
+struct Arguments {
+  SequenceBatch<const bfloat16> q;
+  SequenceBatch<bfloat16> out;
+  KvCacheView<const bfloat16> cache;
+  DecodeBlockListView blocks{blocks_placeholder, blocks_placeholder, 2, 2, 4, 64};
+  const DecodeBlockListView* block_pointer = &blocks;
+  AttentionOptions options;
+  TensorView<float, 2> lse;
+  void* workspace = nullptr;
+  std::int64_t workspace_bytes = 0;
+  gpu::DecodeLaunchShape shape;  // one split: no workspace needed
+
+  Arguments() {
+    // q, out: [2, 1, 8, 128]; cache [2, 256, 2, 128].
+    q = padded_batch(TensorView<const bfloat16, 4>{placeholder, {2, 1, 8, 128}, {8 * 128, 8 * 128, 128, 1}}, "q");
+    out = padded_batch(TensorView<bfloat16, 4>{placeholder, {2, 1, 8, 128}, {8 * 128, 8 * 128, 128, 1}}, "out");
+    const TensorView<const bfloat16, 4> kv{placeholder, {2, 256, 2, 128}, {256 * 2 * 128, 2 * 128, 128, 1}};
+    cache = contiguous_kv_cache(kv, kv, lengths_placeholder, 256);
+  }
+
+  void call() const {
+    cuda::detail::sparse_decode_with_shape<bfloat16>(q, cache, block_pointer, options, out, lse, workspace,
+                                                     workspace_bytes, shape, nullptr);
+  }
+};
+
+std::string rejected_argument(const Arguments& arguments) {
+  try {
+    arguments.call();
+  } catch (const InvalidArgument& error) {
+    return error.argument();
+  } catch (const BackendError& error) {
+    return std::string("(backend error: ") + error.what() + ")";
+  }
+  return "(accepted)";
+}
+
+}  // namespace
+
+TEST_CASE("gpu decode validation: shapes, head dim, query tokens and GQA name the argument") {
+  Arguments a;
+  a.q.head_dim = a.out.head_dim = a.cache.head_dim = 96;
+  CHECK(rejected_argument(a) == "q");
+
+  Arguments b;
+  b.q.max_length = b.out.max_length = 9;  // more than 8 new tokens
+  CHECK(rejected_argument(b) == "q");
+
+  Arguments c;
+  c.cache.heads = 3;  // 8 % 3 != 0
+  CHECK(rejected_argument(c) == "cache");
+
+  Arguments d;
+  d.cache.head_dim = 64;
+  CHECK(rejected_argument(d) == "cache");
+
+  Arguments e;
+  e.out.heads = 4;
+  CHECK(rejected_argument(e) == "out");
+
+  Arguments f;
+  f.cache.batch = 3;
+  CHECK(rejected_argument(f) == "cache");
+}
+
+TEST_CASE("gpu decode validation: alignment, strides, LSE, scale, blocks and workspace") {
+  Arguments a;
+  a.cache.keys = placeholder + 1;
+  CHECK(rejected_argument(a) == "cache");
+
+  Arguments b;
+  b.cache.token_stride += 4;
+  CHECK(rejected_argument(b) == "cache");
+
+  Arguments c;
+  c.q.data = placeholder + 2;
+  CHECK(rejected_argument(c) == "q");
+
+  Arguments d;
+  float lse_placeholder[1];
+  d.lse = TensorView<float, 2>{lse_placeholder, {4, 2}, {2, 1}};  // 4 rows for 8 query heads
+  CHECK(rejected_argument(d) == "lse");
+
+  Arguments e;
+  e.options.softmax_scale = std::nan("");
+  CHECK(rejected_argument(e) == "options.softmax_scale");
+
+  Arguments f;
+  f.blocks.block_size = 32;
+  CHECK(rejected_argument(f) == "blocks");
+
+  Arguments g;
+  g.blocks.kv_heads = 1;
+  CHECK(rejected_argument(g) == "blocks");
+
+  Arguments h;
+  h.blocks.counts = nullptr;
+  CHECK(rejected_argument(h) == "blocks");
+
+  Arguments i;
+  i.shape.splits = 4;  // needs a workspace
+  CHECK(rejected_argument(i) == "workspace");
+  alignas(16) static float small_workspace[16];
+  i.workspace = small_workspace;
+  i.workspace_bytes = sizeof(small_workspace);
+  CHECK(rejected_argument(i) == "workspace");
+}
+
+TEST_CASE("gpu decode: the workspace size follows the split bound") {
+  CHECK(gpu::decode_workspace_bytes_for(2, 8, 1, 128, 1) == 0);
+  CHECK(gpu::decode_workspace_bytes_for(2, 8, 3, 128, 5) == 2 * 3 * 8 * 5 * 129 * 4);
+  // A row with few kept tiles takes one split whatever the bound; a long one is capped by it.
+  CHECK(gpu::decode_effective_splits(0, 16) == 1);
+  CHECK(gpu::decode_effective_splits(3, 16) == 2);
+  CHECK(gpu::decode_effective_splits(1000, 16) == 16);
+  // The bound fills the device without exceeding the useful splits.
+  const auto small = gpu::decode_launch_shape(1, 32, 8, 1, 32768, nullptr, 264);
+  CHECK(small.splits == 32);  // 8 rows x 32 splits: one wave of 16-tile CTAs
+  const auto large = gpu::decode_launch_shape(16, 32, 8, 1, 131072, nullptr, 264);
+  CHECK(large.splits == 2);  // 128 rows x 2 = 256 CTAs of 264 slots
+  const auto chunks = gpu::decode_launch_shape(1, 32, 2, 8, 4096, nullptr, 264);
+  CHECK(chunks.heads_per_cta == 8);
+  CHECK(chunks.head_chunks == 2);
+}
