@@ -1,0 +1,56 @@
+// seer::cuda gate and selection on the GPU: gate features, TopK / Threshold / Nucleus selection and a
+// device BlockSet for seer::cuda::block_sparse_attention, with no host synchronisation (graph-capturable).
+// Written once against the vendor layer in seer/gpu/gate_selection.hpp (read its comment for the API
+// and the design); this header adds the CUDA device limits.
+//
+//   seer::cuda::DeviceLearnedGate gate(learned_gate);          // upload once
+//   auto plan = seer::cuda::gate_selection_plan(gate, batch, q_max_length, k_max_length);
+//   seer::cuda::GateSelectionStorage storage(plan, seer::cuda::selected_blocks_bound(geometries, heads, policy));
+//   seer::BlockSetView blocks = seer::cuda::gate_and_select<seer::bfloat16>(
+//       gate, plan, q, k, causal, policy, forced, storage.buffers(), storage.workspace(), stream);
+//   seer::cuda::block_sparse_attention<seer::bfloat16>(q_rope, k_rope, v, &blocks, options, out, lse, stream);
+#pragma once
+
+#include <cstdint>
+
+#include "seer/gpu/gate_selection.hpp"
+#include "seer/gpu/vendor.hpp"
+
+namespace seer::cuda {
+
+using gpu::DeviceBlockSetBuffers;
+using gpu::DeviceLearnedGate;
+using gpu::DeviceLimits;
+using gpu::gate_and_select;
+using gpu::gate_features;
+using gpu::gate_features_from_pooled;
+using gpu::gate_sequences;
+using gpu::GateFeatures;
+using gpu::GateSelectionPlan;
+using gpu::GateSelectionStorage;
+using gpu::GateSequences;
+using gpu::GateWorkspace;
+using gpu::PooledBlockFeatures;
+using gpu::select_blocks;
+using gpu::selected_blocks_bound;
+
+// The current device's limits: its multiprocessor count, and 64 KiB of shared memory for a selection
+// CTA's logits (16 rows of 1024 key blocks, i.e. 64k tokens, stay in shared memory; longer rows use
+// workspace slices). Hopper and Ampere allow the resulting ~100 KiB per CTA.
+inline DeviceLimits device_limits() {
+  int device = 0, multiprocessors = 0;
+  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
+  gpu::vendor::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
+                     "cudaDeviceGetAttribute(MultiProcessorCount)");
+  DeviceLimits limits;
+  limits.multiprocessors = multiprocessors;
+  limits.logit_shared_bytes = 64 * 1024;
+  return limits;
+}
+
+inline GateSelectionPlan gate_selection_plan(const DeviceLearnedGate& gate, std::int64_t batch,
+                                             std::int64_t q_max_length, std::int64_t k_max_length) {
+  return GateSelectionPlan(gate, batch, q_max_length, k_max_length, device_limits());
+}
+
+}  // namespace seer::cuda

@@ -1,0 +1,665 @@
+// Stage B of the GPU gate: logits and block selection per query-block row, writing a BlockSet in
+// device memory. The (S/B)^2 logit matrix never exists in global memory.
+//
+// block_selection_kernel: one work item is a tile of up to R consecutive query-block rows of one
+// (sequence, head). Its CTA computes the tile's logits, scale * dot(Qg[m], Kg[n]) for the visible key
+// blocks n of each row, with the key features streamed through shared memory 32 or 64 blocks at a time
+// (one load serves all R rows: the key features are read ~S/(B R) times per head from L2, so R should
+// stay large), into a per-CTA logit buffer: shared memory when at least 4 rows fit (R = 16 up to 64k
+// tokens on CUDA), else R = 16 rows in a slice of the workspace that only the CTA holding it touches
+// (1M tokens: 16384 candidates per row, 1 MiB per slice); then each warp selects its rows from that buffer:
+//   - TopK (k = TopK::budget(geometry), forced blocks inside k), ranking the logits: a radix select on
+//     the order-preserving bit pattern of the fp32 logits, 8 bits per pass, finds the k-th best key;
+//     ties at that key go to the lower index, as in row_candidates.hpp's ranks_before.
+//   - Threshold: softmax over the row's visible logits (fp32), keep p > tau (Threshold::keeps).
+//   - Nucleus: the same softmax; a radix select on (count, probability mass) histograms finds how many
+//     best-first blocks reach the mass p after the forced blocks' mass, then Nucleus's min_k / max_k rule
+//     (written out in nucleus_take below, equal to looping Nucleus::wants_more), then the TopK select
+//     takes that many. Masses are summed as 48-bit fixed point integers, so the result does not depend
+//     on the order of the (atomic) additions: graph replays give the same BlockSet.
+// Forced blocks (ForcedBlocks::is_forced, row_is_dense) are the CPU policies' own functions.
+//
+// Writing a compressed row set needs every row's size first. TopK sizes follow from the geometry alone
+// (row_sizes_kernel); Threshold and Nucleus run the selection kernel twice, first counting, then
+// writing (recomputing logits is cheaper than storing them). Between the two, an exclusive scan over the
+// rows (scan_tile_totals_kernel + scan_rows_kernel) turns sizes into row_offsets, clamped to the caller's
+// key_blocks capacity; when the kept blocks exceed it, the overflow flag is set and the clamped rows hold
+// ascending prefixes, so the BlockSet stays safe to read (and the caller learns it is incomplete).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "seer/core/block_geometry.hpp"
+#include "seer/core/block_set.hpp"
+#include "seer/core/platform.hpp"
+#include "seer/gpu/gate_features_kernel.hpp"
+#include "seer/gpu/vendor.hpp"
+#include "seer/gpu/warp_algorithms.hpp"
+#include "seer/selection/forced_blocks.hpp"
+#include "seer/selection/nucleus.hpp"
+#include "seer/selection/threshold.hpp"
+#include "seer/selection/top_k.hpp"
+
+namespace seer::gpu {
+
+inline constexpr int kSelectionMaxRows = 16;             // rows per work item: 2 rows per thread of the logit loop
+inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
+inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
+inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
+
+// Visible key blocks of query block m that ForcedBlocks forces, in closed form (the sink prefix plus
+// the diagonal range beyond it); equal to counting ForcedBlocks::is_forced over [0, visible).
+SEER_HOST_DEVICE inline std::int64_t forced_block_count(const ForcedBlocks& forced, const BlockGeometry& g,
+                                                        std::int64_t m, std::int64_t visible) {
+  const std::int64_t sinks = forced.sink_blocks < visible ? forced.sink_blocks : visible;
+  if (!forced.keep_diagonal) return sinks;
+  std::int64_t first = g.diagonal_first(m), last = g.diagonal_last(m);
+  if (first < sinks) first = sinks;
+  if (last > visible - 1) last = visible - 1;
+  return sinks + (last >= first ? last - first + 1 : 0);
+}
+
+// Blocks a TopK row keeps: the whole visible row when dense, else the forced blocks plus the best
+// budget - forced others (TopK::select).
+SEER_HOST_DEVICE inline std::int64_t top_k_row_size(const TopK& policy, const ForcedBlocks& forced,
+                                                    const BlockGeometry& g, std::int64_t m) {
+  const std::int64_t visible = g.visible_key_blocks(m);
+  if (visible <= 0) return 0;
+  if (forced.row_is_dense(g, m)) return visible;
+  const std::int64_t forced_count = forced_block_count(forced, g, m, visible);
+  std::int64_t extra = policy.budget(g) - forced_count;
+  if (extra < 0) extra = 0;
+  if (extra > visible - forced_count) extra = visible - forced_count;
+  return forced_count + extra;
+}
+
+// Unforced blocks Nucleus adds best-first: it keeps adding while Nucleus::wants_more(mass, count), and
+// wants_more turns false for good at the first count that reaches max_k, or reaches both min_k and the
+// count where the mass first reaches p (mass_count: unforced blocks needed for the mass).
+SEER_HOST_DEVICE inline std::int64_t nucleus_take(const Nucleus& policy, std::int64_t forced_count,
+                                                  std::int64_t mass_count, std::int64_t unforced) {
+  std::int64_t wanted = policy.min_k - forced_count;
+  if (wanted < mass_count) wanted = mass_count;
+  const std::int64_t room = policy.max_k - forced_count;  // max_k may be INT64_MAX: no overflow, forced >= 0
+  if (wanted > room) wanted = room;
+  if (wanted > unforced) wanted = unforced;
+  return wanted < 0 ? 0 : wanted;
+}
+
+// Where the selection writes: the BlockSetView's arrays (device memory, caller-owned).
+struct SelectionOutput {
+  std::int64_t* row_offsets = nullptr;  // [row bound + 1]; rows = heads * query_block_offsets[batch]
+  std::int32_t* key_blocks = nullptr;   // [key_block_capacity]
+  std::int64_t key_block_capacity = 0;
+  std::int32_t* query_block_offsets = nullptr;  // [batch + 1]
+  std::int32_t* overflow = nullptr;             // [1]: 1 when the kept blocks exceeded key_block_capacity
+};
+
+template <class Policy>
+struct SelectionParams {
+  GateFeatures features;  // read only
+  GateSequences sequences;
+  Policy policy;
+  ForcedBlocks forced;
+  SelectionOutput output;
+  bool write = false;              // false: count pass (row sizes into row_offsets[row + 1])
+  int rows_per_item = 1;           // R <= kSelectionMaxRows, and R <= 2 * kGateThreads / key_tile
+  int key_tile = 32;               // key blocks per shared-memory tile: 32 (16 rows) or 64 (8 rows)
+  std::int64_t row_stride = 0;     // logit buffer floats per row (>= max visible key blocks)
+  float* global_logits = nullptr;  // null: logits in shared memory; else [gridDim.x][R][row_stride]
+  std::int64_t items = 0;          // batch * heads * item_tiles
+  std::int64_t item_tiles = 0;     // ceil(max_query_blocks / R)
+};
+
+namespace detail {
+
+// Policies that need the softmax mass histogram (8 more bytes per bin and warp).
+template <class Policy>
+inline constexpr bool kSelectionNeedsMass = false;
+template <>
+inline constexpr bool kSelectionNeedsMass<Nucleus> = true;
+
+template <class Policy>
+inline constexpr int kSelectionWarpScratchBytes = kRadixBins*(4 + (kSelectionNeedsMass<Policy> ? 8 : 0));
+
+__device__ inline int lane_count(std::uint32_t mask) { return __popc(mask); }
+__device__ inline int lane_count(std::uint64_t mask) { return __popcll(static_cast<unsigned long long>(mask)); }
+
+__device__ inline vendor::lane_mask_t lanes_below() {
+  return warp::lanes_below_mask<vendor::warp_size>(vendor::lane_index());
+}
+
+__device__ inline float warp_maximum(float value) {
+  for (int offset = vendor::warp_size / 2; offset > 0; offset /= 2)
+    value = fmaxf(value, vendor::shuffle_xor(value, offset));
+  return value;
+}
+__device__ inline float warp_sum(float value) {
+  for (int offset = vendor::warp_size / 2; offset > 0; offset /= 2) value += vendor::shuffle_xor(value, offset);
+  return value;
+}
+__device__ inline std::uint64_t shuffle_xor_u64(std::uint64_t value, int offset) {
+  const int low = vendor::shuffle_xor(static_cast<int>(static_cast<std::uint32_t>(value)), offset);
+  const int high = vendor::shuffle_xor(static_cast<int>(static_cast<std::uint32_t>(value >> 32)), offset);
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(high)) << 32) | static_cast<std::uint32_t>(low);
+}
+__device__ inline std::uint64_t gather_u64(std::uint64_t value, int source_lane) {
+  const int low = vendor::broadcast(static_cast<int>(static_cast<std::uint32_t>(value)), source_lane);
+  const int high = vendor::broadcast(static_cast<int>(static_cast<std::uint32_t>(value >> 32)), source_lane);
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(high)) << 32) | static_cast<std::uint32_t>(low);
+}
+__device__ inline std::uint64_t warp_sum_u64(std::uint64_t value) {
+  for (int offset = vendor::warp_size / 2; offset > 0; offset /= 2) value += shuffle_xor_u64(value, offset);
+  return value;
+}
+// Exclusive prefix sum over the lanes in lane order (Hillis-Steele through per-lane gathers).
+__device__ inline std::uint64_t warp_exclusive_sum_u64(std::uint64_t value) {
+  const int lane = vendor::lane_index();
+  std::uint64_t inclusive = value;
+  for (int offset = 1; offset < vendor::warp_size; offset *= 2) {
+    const std::uint64_t other = gather_u64(inclusive, lane >= offset ? lane - offset : 0);
+    if (lane >= offset) inclusive += other;
+  }
+  return inclusive - value;
+}
+
+// Order-preserving key of an fp32 logit: larger logit, larger key. -0 is folded into +0 (they are equal
+// logits, which rank by index).
+__device__ inline std::uint32_t radix_key(float logit) {
+  const std::uint32_t bits = __float_as_uint(logit == 0.0f ? 0.0f : logit);
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
+
+// One row as a warp sees it.
+struct RowView {
+  const float* logits = nullptr;  // [visible]
+  std::int64_t visible = 0;
+  BlockGeometry geometry;
+  std::int64_t m = 0;
+  ForcedBlocks forced;
+  std::int64_t forced_count = 0;
+
+  __device__ bool is_forced(std::int64_t n) const { return forced.is_forced(geometry, m, n); }
+};
+
+// Result of a radix select: the unforced blocks whose key, masked, is above `prefix` are taken, and of
+// those equal to it the first `ties` in index order (all of them when `ties_all`).
+struct RadixCut {
+  std::uint32_t prefix = 0;
+  std::uint32_t mask = 0;
+  std::int64_t ties = 0;
+  bool ties_all = false;
+};
+
+// The cut that takes exactly `take` (1 <= take < unforced) unforced blocks best first.
+__device__ inline RadixCut radix_select_count(const RowView& row, std::int64_t take, unsigned int* histogram) {
+  constexpr int kBinsPerLane = kRadixBins / vendor::warp_size;
+  const int lane = vendor::lane_index();
+  RadixCut cut;
+  std::int64_t need = take;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < kRadixBins; i += vendor::warp_size) histogram[i] = 0u;
+    vendor::sync_warp();
+    for (std::int64_t n = lane; n < row.visible; n += vendor::warp_size) {
+      const std::uint32_t key = radix_key(row.logits[n]);
+      if ((key & cut.mask) == cut.prefix && !row.is_forced(n)) atomicAdd(&histogram[(key >> shift) & 0xffu], 1u);
+    }
+    vendor::sync_warp();
+    // Lane l owns bins 255 - (l * kBinsPerLane + j): the lanes in order walk the bins from the top.
+    std::uint64_t lane_total = 0;
+    for (int j = 0; j < kBinsPerLane; ++j) lane_total += histogram[kRadixBins - 1 - (lane * kBinsPerLane + j)];
+    std::int64_t above = static_cast<std::int64_t>(warp_exclusive_sum_u64(lane_total));
+    int found_bin = -1;
+    std::int64_t found_above = 0, found_count = 0;
+    for (int j = 0; j < kBinsPerLane; ++j) {
+      const int bin = kRadixBins - 1 - (lane * kBinsPerLane + j);
+      const std::int64_t count = histogram[bin];
+      if (found_bin < 0 && above < need && above + count >= need) {
+        found_bin = bin;
+        found_above = above;
+        found_count = count;
+      }
+      above += count;
+    }
+    const vendor::lane_mask_t winners = vendor::ballot(found_bin >= 0);
+    const int winner = lane_count(static_cast<vendor::lane_mask_t>((winners & (~winners + 1)) - 1));  // lowest set lane
+    found_bin = vendor::broadcast(found_bin, winner);
+    const std::int64_t bin_above =
+        static_cast<std::int64_t>(gather_u64(static_cast<std::uint64_t>(found_above), winner));
+    const std::int64_t bin_count =
+        static_cast<std::int64_t>(gather_u64(static_cast<std::uint64_t>(found_count), winner));
+    need -= bin_above;
+    cut.prefix |= static_cast<std::uint32_t>(found_bin) << shift;
+    cut.mask |= 0xffu << shift;
+    vendor::sync_warp();  // the histogram is reused by the next pass
+    if (bin_count == need) {
+      cut.ties_all = true;
+      return cut;
+    }
+  }
+  cut.ties = need;
+  return cut;
+}
+
+// Unforced blocks that the best-first walk needs for their probability mass to reach `need_mass`
+// (fixed point), or `unforced` when all of them do not.
+__device__ inline std::int64_t radix_select_mass(const RowView& row, float peak, float inverse_total,
+                                                 std::uint64_t need_mass, std::int64_t unforced,
+                                                 unsigned int* histogram, unsigned long long* mass_histogram) {
+  constexpr int kBinsPerLane = kRadixBins / vendor::warp_size;
+  const int lane = vendor::lane_index();
+  std::uint32_t prefix = 0, mask = 0;
+  std::int64_t taken = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < kRadixBins; i += vendor::warp_size) {
+      histogram[i] = 0u;
+      mass_histogram[i] = 0ull;
+    }
+    vendor::sync_warp();
+    for (std::int64_t n = lane; n < row.visible; n += vendor::warp_size) {
+      const float logit = row.logits[n];
+      const std::uint32_t key = radix_key(logit);
+      if ((key & mask) == prefix && !row.is_forced(n)) {
+        const int bin = static_cast<int>((key >> shift) & 0xffu);
+        atomicAdd(&histogram[bin], 1u);
+        const double probability = static_cast<double>(expf(logit - peak) * inverse_total);
+        atomicAdd(&mass_histogram[bin], static_cast<unsigned long long>(probability * kMassScale + 0.5));
+      }
+    }
+    vendor::sync_warp();
+    std::uint64_t lane_mass = 0, lane_count_total = 0;
+    for (int j = 0; j < kBinsPerLane; ++j) {
+      const int bin = kRadixBins - 1 - (lane * kBinsPerLane + j);
+      lane_mass += mass_histogram[bin];
+      lane_count_total += histogram[bin];
+    }
+    std::uint64_t mass_above = warp_exclusive_sum_u64(lane_mass);
+    std::uint64_t count_above = warp_exclusive_sum_u64(lane_count_total);
+    int found_bin = -1;
+    std::uint64_t found_mass_above = 0, found_count_above = 0, found_mass = 0, found_count = 0;
+    for (int j = 0; j < kBinsPerLane; ++j) {
+      const int bin = kRadixBins - 1 - (lane * kBinsPerLane + j);
+      const std::uint64_t mass = mass_histogram[bin], count = histogram[bin];
+      if (found_bin < 0 && count > 0 && mass_above < need_mass && mass_above + mass >= need_mass) {
+        found_bin = bin;
+        found_mass_above = mass_above;
+        found_count_above = count_above;
+        found_mass = mass;
+        found_count = count;
+      }
+      mass_above += mass;
+      count_above += count;
+    }
+    const vendor::lane_mask_t winners = vendor::ballot(found_bin >= 0);
+    vendor::sync_warp();
+    if (winners == 0) return unforced;  // the candidates' whole mass stays below the target
+    const int winner = lane_count(static_cast<vendor::lane_mask_t>((winners & (~winners + 1)) - 1));
+    found_bin = vendor::broadcast(found_bin, winner);
+    need_mass -= gather_u64(found_mass_above, winner);
+    taken += static_cast<std::int64_t>(gather_u64(found_count_above, winner));
+    const std::uint64_t bin_mass = gather_u64(found_mass, winner);
+    const std::uint64_t bin_count = gather_u64(found_count, winner);
+    prefix |= static_cast<std::uint32_t>(found_bin) << shift;
+    mask |= 0xffu << shift;
+    if (bin_count == 1) return taken + 1;
+    if (shift == 0) {
+      // bin_count equal logits, each bin_mass / bin_count: the first j with j * each >= need_mass.
+      const std::uint64_t each = bin_mass / bin_count;
+      std::uint64_t j = each == 0 ? bin_count : (need_mass + each - 1) / each;
+      if (j < 1) j = 1;
+      if (j > bin_count) j = bin_count;
+      return taken + static_cast<std::int64_t>(j);
+    }
+  }
+  return unforced;  // not reached
+}
+
+// Walks the row in index order and keeps forced blocks plus what `keep` says of the others, writing
+// their indices to out[0, capacity) in ascending order. Returns how many are kept.
+template <class Keep>
+__device__ inline std::int64_t compact_row(const RowView& row, const Keep& keep, bool write, std::int32_t* out,
+                                           std::int64_t capacity) {
+  const int lane = vendor::lane_index();
+  const vendor::lane_mask_t below = lanes_below();
+  std::int64_t kept = 0;
+  std::int64_t ties_seen = 0;
+  for (std::int64_t first = 0; first < row.visible; first += vendor::warp_size) {
+    const std::int64_t n = first + lane;
+    const bool valid = n < row.visible;
+    const bool forced = valid && row.is_forced(n);
+    int tie_state = 0;  // 0 not kept, 1 kept, 2 a tie (kept by rank)
+    if (valid && !forced) tie_state = keep.state(row.logits[n]);
+    const vendor::lane_mask_t ties = vendor::ballot(tie_state == 2);
+    const std::int64_t tie_rank = ties_seen + lane_count(static_cast<vendor::lane_mask_t>(ties & below));
+    const bool take = forced || tie_state == 1 || (tie_state == 2 && keep.tie_taken(tie_rank));
+    const vendor::lane_mask_t taken = vendor::ballot(take);
+    const std::int64_t position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken & below));
+    if (write && take && position < capacity) out[position] = static_cast<std::int32_t>(n);
+    kept += lane_count(taken);
+    ties_seen += lane_count(ties);
+  }
+  return kept;
+}
+
+struct KeepAll {
+  __device__ int state(float) const { return 1; }
+  __device__ bool tie_taken(std::int64_t) const { return true; }
+};
+struct KeepNone {
+  __device__ int state(float) const { return 0; }
+  __device__ bool tie_taken(std::int64_t) const { return false; }
+};
+struct KeepCut {
+  RadixCut cut;
+  __device__ int state(float logit) const {
+    const std::uint32_t key = radix_key(logit) & cut.mask;
+    return key > cut.prefix ? 1 : key == cut.prefix ? (cut.ties_all ? 1 : 2) : 0;
+  }
+  __device__ bool tie_taken(std::int64_t rank) const { return rank < cut.ties; }
+};
+struct KeepAboveThreshold {
+  Threshold policy;
+  float peak = 0.0f, inverse_total = 0.0f;
+  __device__ int state(float logit) const {
+    return policy.keeps(static_cast<double>(expf(logit - peak) * inverse_total)) ? 1 : 0;
+  }
+  __device__ bool tie_taken(std::int64_t) const { return false; }
+};
+
+// Forced blocks plus the best `take` unforced ones (0 <= take <= unforced).
+__device__ inline std::int64_t keep_best(const RowView& row, std::int64_t take, bool write, std::int32_t* out,
+                                         std::int64_t capacity, unsigned int* histogram) {
+  const std::int64_t unforced = row.visible - row.forced_count;
+  if (take >= unforced) return compact_row(row, KeepAll{}, write, out, capacity);
+  if (take <= 0) return compact_row(row, KeepNone{}, write, out, capacity);
+  return compact_row(row, KeepCut{radix_select_count(row, take, histogram)}, write, out, capacity);
+}
+
+// Softmax statistics of the row: its largest logit and 1 / sum(exp(logit - largest)).
+__device__ inline void row_softmax_statistics(const RowView& row, float& peak, float& inverse_total) {
+  float largest = -__int_as_float(0x7f800000);
+  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
+    largest = fmaxf(largest, row.logits[n]);
+  largest = warp_maximum(largest);
+  float total = 0.0f;
+  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
+    total += expf(row.logits[n] - largest);
+  peak = largest;
+  inverse_total = 1.0f / warp_sum(total);
+}
+
+struct WarpScratch {
+  unsigned int* histogram = nullptr;             // [kRadixBins]
+  unsigned long long* mass_histogram = nullptr;  // [kRadixBins], Nucleus only
+};
+
+__device__ inline std::int64_t select_row(const TopK& policy, const RowView& row, bool write, std::int32_t* out,
+                                          std::int64_t capacity, const WarpScratch& scratch) {
+  std::int64_t take = policy.budget(row.geometry) - row.forced_count;
+  return keep_best(row, take < 0 ? 0 : take, write, out, capacity, scratch.histogram);
+}
+
+__device__ inline std::int64_t select_row(const Threshold& policy, const RowView& row, bool write, std::int32_t* out,
+                                          std::int64_t capacity, const WarpScratch&) {
+  KeepAboveThreshold keep{policy, 0.0f, 0.0f};
+  row_softmax_statistics(row, keep.peak, keep.inverse_total);
+  return compact_row(row, keep, write, out, capacity);
+}
+
+__device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& row, bool write, std::int32_t* out,
+                                          std::int64_t capacity, const WarpScratch& scratch) {
+  float peak = 0.0f, inverse_total = 0.0f;
+  row_softmax_statistics(row, peak, inverse_total);
+  std::uint64_t forced_mass = 0;
+  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
+    if (row.is_forced(n)) {
+      const double probability = static_cast<double>(expf(row.logits[n] - peak) * inverse_total);
+      forced_mass += static_cast<std::uint64_t>(probability * kMassScale + 0.5);
+    }
+  forced_mass = warp_sum_u64(forced_mass);
+  const std::uint64_t target = static_cast<std::uint64_t>(policy.p * kMassScale + 0.5);
+  const std::int64_t unforced = row.visible - row.forced_count;
+  std::int64_t mass_count = 0;
+  if (forced_mass < target && unforced > 0)
+    mass_count = radix_select_mass(row, peak, inverse_total, target - forced_mass, unforced, scratch.histogram,
+                                   scratch.mass_histogram);
+  const std::int64_t take = nucleus_take(policy, row.forced_count, mass_count, unforced);
+  return keep_best(row, take, write, out, capacity, scratch.histogram);
+}
+
+}  // namespace detail
+
+// Grid: min(items, logit slices) CTAs of kGateThreads threads, each looping over work items. Dynamic
+// shared memory: the R query features, one key tile, the logits when they fit, and the warps' scratch
+// (selection_shared_bytes on the host side computes the same layout).
+template <class Policy>
+__global__ void __launch_bounds__(kGateThreads) block_selection_kernel(const SelectionParams<Policy> params) {
+  extern __shared__ __align__(16) unsigned char selection_shared[];
+  constexpr int kWarps = kGateThreads / vendor::warp_size;
+  const int dim = static_cast<int>(params.features.dim);
+  const int key_stride =
+      dim + 4;  // 16 bytes of padding: lanes reading 16-byte vectors of different keys hit different banks
+  const int rows_per_item = params.rows_per_item;
+  const int keys_per_tile = params.key_tile;
+  float* query_tile = reinterpret_cast<float*>(selection_shared);
+  float* key_tile = query_tile + kSelectionMaxRows * dim;
+  unsigned char* warp_bytes = reinterpret_cast<unsigned char*>(key_tile + keys_per_tile * key_stride);
+  const int warp = vendor::warp_index();
+  detail::WarpScratch scratch;
+  scratch.histogram = reinterpret_cast<unsigned int*>(warp_bytes + warp * detail::kSelectionWarpScratchBytes<Policy>);
+  scratch.mass_histogram = reinterpret_cast<unsigned long long*>(scratch.histogram + kRadixBins);
+  float* logits = params.global_logits != nullptr
+                      ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
+                      : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
+
+  const int thread = static_cast<int>(threadIdx.x);
+  // Thread (row pair, key lane): the dot products of rows 2 * row_pair, 2 * row_pair + 1 with one key.
+  // Fewer rows per item take wider key tiles, so that every thread still has work.
+  const int key_lane = thread % keys_per_tile;
+  const int row_pair = thread / keys_per_tile;
+  const std::int64_t heads = params.features.heads;
+
+  for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
+    const std::int64_t tile = item % params.item_tiles;
+    const std::int64_t h = (item / params.item_tiles) % heads;
+    const std::int64_t b = item / (params.item_tiles * heads);
+    const BlockGeometry g = params.sequences.geometry(b);
+    const std::int64_t query_blocks = g.query_blocks();
+    const std::int64_t m0 = tile * rows_per_item;
+    if (m0 >= query_blocks) continue;  // uniform across the CTA
+    const int rows = static_cast<int>(query_blocks - m0 < rows_per_item ? query_blocks - m0 : rows_per_item);
+    const std::int64_t first_row = heads * params.output.query_block_offsets[b] + h * query_blocks + m0;
+
+    // Logits are needed unless every row of the tile is dense or sees nothing.
+    const std::int64_t last_visible = g.visible_key_blocks(m0 + rows - 1);
+    const bool needs_logits = last_visible > 0 && !params.forced.row_is_dense(g, m0);
+    if (needs_logits) {
+      const std::int64_t key_head = params.features.key_head_of(h);
+      __syncthreads();  // the previous item's logits and tiles are consumed
+      for (int i = thread; i < rows * dim; i += kGateThreads)
+        query_tile[i] = params.features.query[params.features.query_offset(b, h, m0 + i / dim) + i % dim];
+      for (int i = thread + rows * dim; i < kSelectionMaxRows * dim; i += kGateThreads) query_tile[i] = 0.0f;
+      const std::int64_t visible0 = g.visible_key_blocks(m0 + 2 * row_pair);
+      const std::int64_t visible1 = g.visible_key_blocks(m0 + 2 * row_pair + 1);
+      for (std::int64_t key_first = 0; key_first < last_visible; key_first += keys_per_tile) {
+        __syncthreads();  // the key tile is free
+        const int vectors = dim / 4;
+        for (int i = thread; i < keys_per_tile * vectors; i += kGateThreads) {
+          const int key = i / vectors, v = i % vectors;
+          float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          if (key_first + key < last_visible)
+            value = *reinterpret_cast<const float4*>(params.features.key +
+                                                     params.features.key_offset(b, key_head, key_first + key) + v * 4);
+          *reinterpret_cast<float4*>(key_tile + key * key_stride + v * 4) = value;
+        }
+        __syncthreads();
+        float dot0 = 0.0f, dot1 = 0.0f;
+        const float* key_row = key_tile + key_lane * key_stride;
+        const float* query0 = query_tile + (2 * row_pair) * dim;
+        const float* query1 = query0 + dim;
+#pragma unroll 4
+        for (int d = 0; d < dim; d += 4) {
+          const float4 k = *reinterpret_cast<const float4*>(key_row + d);
+          const float4 a = *reinterpret_cast<const float4*>(query0 + d);
+          const float4 c = *reinterpret_cast<const float4*>(query1 + d);
+          dot0 = fmaf(a.x, k.x, fmaf(a.y, k.y, fmaf(a.z, k.z, fmaf(a.w, k.w, dot0))));
+          dot1 = fmaf(c.x, k.x, fmaf(c.y, k.y, fmaf(c.z, k.z, fmaf(c.w, k.w, dot1))));
+        }
+        const std::int64_t n = key_first + key_lane;
+        if (2 * row_pair < rows && n < visible0)
+          logits[(2 * row_pair) * params.row_stride + n] = dot0 * params.features.scale;
+        if (2 * row_pair + 1 < rows && n < visible1)
+          logits[(2 * row_pair + 1) * params.row_stride + n] = dot1 * params.features.scale;
+      }
+      __syncthreads();  // logits complete (global slices too: the barrier orders the CTA's own writes)
+    }
+
+    for (int r = warp; r < rows; r += kWarps) {
+      const std::int64_t m = m0 + r;
+      const std::int64_t row = first_row + r;
+      detail::RowView view;
+      view.logits = logits + r * params.row_stride;
+      view.visible = g.visible_key_blocks(m);
+      view.geometry = g;
+      view.m = m;
+      view.forced = params.forced;
+      view.forced_count = forced_block_count(params.forced, g, m, view.visible);
+      std::int32_t* out = nullptr;
+      std::int64_t capacity = 0;
+      if (params.write) {
+        const std::int64_t begin = params.output.row_offsets[row];
+        out = params.output.key_blocks + begin;
+        capacity = params.output.row_offsets[row + 1] - begin;
+      }
+      std::int64_t kept = 0;
+      if (view.visible <= 0) {
+        kept = 0;
+      } else if (params.forced.row_is_dense(g, m)) {
+        kept = detail::compact_row(view, detail::KeepAll{}, params.write, out, capacity);
+      } else {
+        kept = detail::select_row(params.policy, view, params.write, out, capacity, scratch);
+      }
+      if (!params.write && vendor::lane_index() == 0) params.output.row_offsets[row + 1] = kept;
+    }
+  }
+}
+
+// Grid (ceil(max_query_blocks / kGateThreads), heads, batch): row_offsets[row + 1] = TopK row size.
+// (Kernels in this header are templates, even where one instantiation is used, so that the header can
+// be included by several translation units of a program.)
+template <class Policy>
+__global__ void __launch_bounds__(kGateThreads)
+    row_sizes_kernel(const GateSequences sequences, const std::int64_t heads, const Policy policy,
+                     const ForcedBlocks forced, const SelectionOutput output) {
+  static_assert(std::is_same_v<Policy, TopK>, "only TopK row sizes follow from the geometry alone");
+  const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * kGateThreads + threadIdx.x;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z;
+  const BlockGeometry g = sequences.geometry(b);
+  if (m >= g.query_blocks()) return;
+  const std::int64_t row = heads * output.query_block_offsets[b] + h * g.query_blocks() + m;
+  output.row_offsets[row + 1] = top_k_row_size(policy, forced, g, m);
+}
+
+namespace detail {
+
+// Inclusive block-wide sum of one value per thread, in thread order.
+__device__ inline std::int64_t block_inclusive_sum(std::int64_t value, std::int64_t* shared) {
+  const int thread = static_cast<int>(threadIdx.x);
+  shared[thread] = value;
+  __syncthreads();
+  for (int offset = 1; offset < kGateThreads; offset *= 2) {
+    const std::int64_t other = thread >= offset ? shared[thread - offset] : 0;
+    __syncthreads();
+    shared[thread] += other;
+    __syncthreads();
+  }
+  const std::int64_t result = shared[thread];
+  __syncthreads();
+  return result;
+}
+
+}  // namespace detail
+
+// One CTA: query_block_offsets[b] = sum of query blocks of sequences < b, and clears the overflow flag.
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
+    block_layout_kernel(const GateSequences sequences, const SelectionOutput output) {
+  static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
+  __shared__ std::int64_t scan[kGateThreads];
+  __shared__ std::int64_t tile_total;
+  if (threadIdx.x == 0) {
+    output.query_block_offsets[0] = 0;
+    *output.overflow = 0;
+  }
+  std::int64_t base = 0;
+  for (std::int64_t first = 0; first < sequences.batch; first += kGateThreads) {
+    const std::int64_t b = first + threadIdx.x;
+    const std::int64_t blocks = b < sequences.batch ? sequences.geometry(b).query_blocks() : 0;
+    const std::int64_t inclusive = detail::block_inclusive_sum(blocks, scan) + base;
+    if (b < sequences.batch) output.query_block_offsets[b + 1] = static_cast<std::int32_t>(inclusive);
+    if (threadIdx.x == kGateThreads - 1) tile_total = inclusive;  // the next tile starts after this one
+    __syncthreads();
+    base = tile_total;
+    __syncthreads();
+  }
+}
+
+// Tile totals of the row sizes in row_offsets[1 .. rows] (rows = heads * query_block_offsets[batch]).
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
+    scan_tile_totals_kernel(const std::int64_t heads, const std::int64_t batch, const SelectionOutput output,
+                            std::int64_t* tile_totals) {
+  static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
+  __shared__ std::int64_t scan[kGateThreads];
+  const std::int64_t rows = heads * output.query_block_offsets[batch];
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kScanTile;
+  if (first >= rows) return;
+  std::int64_t sum = 0;
+  for (int i = 0; i < kScanTile / kGateThreads; ++i) {
+    const std::int64_t row = first + threadIdx.x * (kScanTile / kGateThreads) + i;
+    if (row < rows) sum += output.row_offsets[row + 1];
+  }
+  const std::int64_t total = detail::block_inclusive_sum(sum, scan);
+  if (threadIdx.x == kGateThreads - 1) tile_totals[blockIdx.x] = total;
+}
+
+// Sizes -> offsets, in place: row_offsets[0] = 0 and row_offsets[r + 1] = sizes of rows <= r, each clamped
+// to the key_blocks capacity; sets the overflow flag when the total exceeds it.
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
+    scan_rows_kernel(const std::int64_t heads, const std::int64_t batch, const SelectionOutput output,
+                     const std::int64_t* tile_totals) {
+  static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
+  __shared__ std::int64_t scan[kGateThreads];
+  constexpr int kPerThread = kScanTile / kGateThreads;
+  const std::int64_t rows = heads * output.query_block_offsets[batch];
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kScanTile;
+  if (first >= rows) return;
+  std::int64_t base = 0;
+  for (std::int64_t t = threadIdx.x; t < blockIdx.x; t += kGateThreads) base += tile_totals[t];
+  base = detail::block_inclusive_sum(base, scan);
+  __shared__ std::int64_t tile_base;
+  if (threadIdx.x == kGateThreads - 1) tile_base = base;
+  __syncthreads();
+  base = tile_base;
+
+  std::int64_t sizes[kPerThread];
+  std::int64_t sum = 0;
+  const std::int64_t mine = first + threadIdx.x * kPerThread;
+  for (int i = 0; i < kPerThread; ++i) {
+    sizes[i] = mine + i < rows ? output.row_offsets[mine + i + 1] : 0;
+    sum += sizes[i];
+  }
+  std::int64_t running = base + detail::block_inclusive_sum(sum, scan) - sum;  // sizes before this thread's rows
+  const std::int64_t capacity = output.key_block_capacity;
+  for (int i = 0; i < kPerThread; ++i) {
+    if (mine + i >= rows) break;
+    running += sizes[i];
+    output.row_offsets[mine + i + 1] = running < capacity ? running : capacity;
+    if (mine + i == rows - 1 && running > capacity) *output.overflow = 1;
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) output.row_offsets[0] = 0;
+}
+
+}  // namespace seer::gpu

@@ -1,0 +1,355 @@
+// Stage A of the GPU gate: block features of the SeerAttention prefill gate (seer::LearnedGate) on the
+// device, in fp32, written once per (sequence, head, block): O(S/B * dg) per head.
+//
+//   pool_blocks_kernel     pools the PRE-RoPE q or k of one (sequence, head, block) with the gate
+//                          type's poolings (max, min, mean in that order; a partial last block pools its
+//                          valid tokens, the mean divides by their count). When the gate has no q
+//                          projection (every released checkpoint), the pooled query IS the gate's query
+//                          and the kernel applies RoPE right away, writing the final feature.
+//   project_features_kernel multiplies pooled features by the gate's projection ([heads, in, dg], no
+//                          bias), then applies RoPE: 32 blocks of one head per CTA, the weights streamed
+//                          through shared memory once per 32 blocks.
+//
+// RoPE is LearnedGate's: key block n at position n * B, query block m at (k_len - q_len) + m * B, the
+// pairing i <-> i + dg/2, cos and sin times the attention factor. Angles and cos/sin are computed in
+// double from RotaryEmbedding's own inverse frequencies, so positions near 1M tokens keep their accuracy
+// (an fp32 angle would be off by up to ~0.06 rad there); it is a few thousand sincos per head.
+//
+// Feature layout (device, fp32, padded to the longest sequence so that no device-side offsets are
+// needed): query features [batch, Hq, max_query_blocks, width], key features [batch, heads of that
+// tensor, max_key_blocks, width]. Rows past a sequence's own block count are never written nor read.
+#pragma once
+
+#include <cstdint>
+
+#include "seer/core/block_geometry.hpp"
+#include "seer/core/platform.hpp"
+#include "seer/core/sequence_batch.hpp"
+#include "seer/gpu/vendor.hpp"
+
+namespace seer::gpu {
+
+inline constexpr int kGateThreads = 256;        // every gate and selection kernel runs 256 threads
+inline constexpr int kGateMaxHeadDim = 256;     // pooling keeps one 8-element chunk per thread and head_dim / 8 chunks
+inline constexpr int kGateMaxFeatureDim = 256;  // shared tiles of the projection and scoring kernels
+inline constexpr int kProjectionRows = 32;      // blocks per CTA of project_features_kernel
+inline constexpr int kProjectionDepth = 32;     // input features per step of the projection
+
+// Sequence lengths as the device reads them: padded batches have one length, packed batches keep their
+// cumulative lengths in DEVICE memory (never read on the host, so nothing here needs a synchronisation).
+struct GateSequences {
+  std::int64_t batch = 0;
+  std::int64_t q_max_length = 0;
+  std::int64_t k_max_length = 0;
+  const std::int32_t* q_cu_seqlens = nullptr;  // null: every query sequence has q_max_length tokens
+  const std::int32_t* k_cu_seqlens = nullptr;  // null: every key sequence has k_max_length tokens
+  std::int64_t block_size = 64;
+  bool causal = true;
+
+  SEER_HOST_DEVICE std::int64_t q_length(std::int64_t b) const {
+    return q_cu_seqlens != nullptr ? static_cast<std::int64_t>(q_cu_seqlens[b + 1]) - q_cu_seqlens[b] : q_max_length;
+  }
+  SEER_HOST_DEVICE std::int64_t k_length(std::int64_t b) const {
+    return k_cu_seqlens != nullptr ? static_cast<std::int64_t>(k_cu_seqlens[b + 1]) - k_cu_seqlens[b] : k_max_length;
+  }
+  SEER_HOST_DEVICE BlockGeometry geometry(std::int64_t b) const {
+    return BlockGeometry{q_length(b), k_length(b), block_size, causal};
+  }
+  SEER_HOST_DEVICE std::int64_t max_query_blocks() const { return BlockGeometry::ceil_div(q_max_length, block_size); }
+  SEER_HOST_DEVICE std::int64_t max_key_blocks() const { return BlockGeometry::ceil_div(k_max_length, block_size); }
+};
+
+// The gate's final features (after projection and RoPE), fp32 in device memory; logits(m, n) =
+// scale * dot(query(b, h, m), key(b, key_head_of(h), n)).
+struct GateFeatures {
+  float* query = nullptr;  // [batch, heads, max_query_blocks, dim]
+  float* key = nullptr;    // [batch, key_heads, max_key_blocks, dim]
+  std::int64_t heads = 0;
+  std::int64_t key_heads = 0;  // heads (single-linear gates: one key projection per query head) or KV heads
+  std::int64_t dim = 0;
+  std::int64_t max_query_blocks = 0;
+  std::int64_t max_key_blocks = 0;
+  float scale = 1.0f;
+
+  SEER_HOST_DEVICE std::int64_t key_head_of(std::int64_t h) const { return h / (heads / key_heads); }
+  SEER_HOST_DEVICE std::int64_t query_offset(std::int64_t b, std::int64_t h, std::int64_t m) const {
+    return ((b * heads + h) * max_query_blocks + m) * dim;
+  }
+  SEER_HOST_DEVICE std::int64_t key_offset(std::int64_t b, std::int64_t key_head, std::int64_t n) const {
+    return ((b * key_heads + key_head) * max_key_blocks + n) * dim;
+  }
+};
+
+// Block RoPE with RotaryEmbedding's inverse frequencies (device copy) and attention factor.
+struct DeviceRope {
+  const double* inverse_frequencies = nullptr;  // [dim / 2]
+  std::int64_t half_dim = 0;
+  double attention_factor = 1.0;
+};
+
+namespace detail {
+
+// Element type -> float on the device. bfloat16 is the upper half of a float; half goes through the
+// vendor's 16-bit float type (both vendors convert it to float natively).
+template <class T>
+struct DeviceElement;
+
+template <>
+struct DeviceElement<bfloat16> {
+  __device__ static float to_float(std::uint32_t bits) { return __uint_as_float(bits << 16); }
+};
+
+template <>
+struct DeviceElement<half> {
+  __device__ static float to_float(std::uint32_t bits) {
+    using Device = typename vendor::element_traits<half>::device_type;
+    const std::uint16_t narrow = static_cast<std::uint16_t>(bits);
+    Device value;
+    static_assert(sizeof(value) == sizeof(narrow), "half is two bytes");
+    __builtin_memcpy(&value, &narrow, sizeof narrow);
+    return static_cast<float>(value);
+  }
+};
+
+// Rotates the pair (first, second) = (x_i, x_{i + dim/2}) of a block feature to `position`, in double.
+__device__ inline void rotate_pair(const DeviceRope& rope, std::int64_t position, std::int64_t i, float& first,
+                                   float& second) {
+  const double angle = static_cast<double>(position) * rope.inverse_frequencies[i];
+  double sine = 0.0, cosine = 0.0;
+  sincos(angle, &sine, &cosine);
+  cosine *= rope.attention_factor;
+  sine *= rope.attention_factor;
+  const double x = first, y = second;
+  first = static_cast<float>(x * cosine - y * sine);
+  second = static_cast<float>(y * cosine + x * sine);
+}
+
+// Position of the first token of block `block` of sequence b: keys at block * B, queries at
+// (k_len - q_len) + block * B (LearnedGate's convention).
+__device__ inline std::int64_t block_position(const GateSequences& sequences, std::int64_t b, std::int64_t block,
+                                              bool is_query) {
+  const std::int64_t first = block * sequences.block_size;
+  return is_query ? sequences.k_length(b) - sequences.q_length(b) + first : first;
+}
+
+}  // namespace detail
+
+template <class T>
+struct PoolParams {
+  SequenceBatch<const T> input;  // device memory, dim stride 1, 16-byte aligned vectors
+  GateSequences sequences;
+  bool is_query = false;     // lengths and RoPE positions of the query (true) or key (false) side
+  int pools[3] = {0, 0, 0};  // seer::BlockPooling values, in the gate type's order
+  int pool_count = 0;
+  float* out = nullptr;  // [batch, heads, max_blocks, pool_count * head_dim]
+  std::int64_t max_blocks = 0;
+  bool rotate = false;  // apply RoPE (only with one pooling: the feature is the gate's query itself)
+  DeviceRope rope;
+};
+
+// Grid (max_blocks, heads, batch), kGateThreads threads. Thread (group, chunk) reduces 8 components
+// (one 16-byte load) of every `groups`-th token of the block; shared memory combines the groups.
+template <class T>
+__global__ void __launch_bounds__(kGateThreads) pool_blocks_kernel(const PoolParams<T> params) {
+  __shared__ float partial_max[kGateThreads * 8];
+  __shared__ float partial_min[kGateThreads * 8];
+  __shared__ float partial_sum[kGateThreads * 8];
+  __shared__ float feature[3 * kGateMaxHeadDim];
+
+  const std::int64_t block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
+  const std::int64_t first = block * params.sequences.block_size;
+  if (first >= length) return;
+  const std::int64_t count =
+      length - first < params.sequences.block_size ? length - first : params.sequences.block_size;
+
+  const int dim = static_cast<int>(params.input.head_dim);
+  const int chunks = dim / 8;
+  const int groups = kGateThreads / chunks;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int chunk = thread % chunks, group = thread / chunks;
+  const float infinity = __int_as_float(0x7f800000);
+  float maximum[8], minimum[8], sum[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    maximum[e] = -infinity;
+    minimum[e] = infinity;
+    sum[e] = 0.0f;
+  }
+  if (group < groups) {
+    const T* source = params.input.vector(b, first + group, h) + chunk * 8;
+    const std::int64_t step = groups * params.input.token_stride;
+#pragma unroll 4
+    for (std::int64_t t = group; t < count; t += groups, source += step) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(source);
+      const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const std::uint32_t bits = (e % 2 == 0) ? (words[e / 2] & 0xffffu) : (words[e / 2] >> 16);
+        const float x = detail::DeviceElement<T>::to_float(bits);
+        maximum[e] = fmaxf(maximum[e], x);
+        minimum[e] = fminf(minimum[e], x);
+        sum[e] += x;
+      }
+    }
+  }
+  // Slot (group, component): component = chunk * 8 + e, so each group's slots are one head vector.
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    partial_max[thread * 8 + e] = maximum[e];
+    partial_min[thread * 8 + e] = minimum[e];
+    partial_sum[thread * 8 + e] = sum[e];
+  }
+  __syncthreads();
+
+  const float inverse_count = 1.0f / static_cast<float>(count);
+  for (int d = thread; d < dim; d += kGateThreads) {
+    float block_max = -infinity, block_min = infinity, block_sum = 0.0f;
+    for (int g = 0; g < groups; ++g) {
+      const int slot = g * dim + d;  // thread g * chunks + d / 8, component d % 8
+      block_max = fmaxf(block_max, partial_max[slot]);
+      block_min = fminf(block_min, partial_min[slot]);
+      block_sum += partial_sum[slot];
+    }
+    for (int p = 0; p < params.pool_count; ++p) {
+      const int pooling = params.pools[p];  // BlockPooling: 0 max, 1 min, 2 mean
+      feature[p * dim + d] = pooling == 0 ? block_max : pooling == 1 ? block_min : block_sum * inverse_count;
+    }
+  }
+  __syncthreads();
+
+  const std::int64_t width = static_cast<std::int64_t>(params.pool_count) * dim;
+  float* out = params.out + ((b * params.input.heads + h) * params.max_blocks + block) * width;
+  if (params.rotate) {
+    const std::int64_t position = detail::block_position(params.sequences, b, block, params.is_query);
+    const int half = dim / 2;
+    for (int i = thread; i < half; i += kGateThreads) {
+      float first_value = feature[i], second_value = feature[i + half];
+      detail::rotate_pair(params.rope, position, i, first_value, second_value);
+      out[i] = first_value;
+      out[i + half] = second_value;
+    }
+  } else {
+    for (int i = thread; i < width; i += kGateThreads) out[i] = feature[i];
+  }
+}
+
+struct ProjectParams {
+  const float* input = nullptr;  // [batch, input_heads, max_blocks, input_width]
+  std::int64_t input_heads = 0;
+  std::int64_t input_width = 0;
+  const float* weights = nullptr;  // [output_heads, input_width, dim]; null: identity (input_width == dim)
+  float* output = nullptr;         // [batch, output_heads, max_blocks, dim]
+  std::int64_t output_heads = 0;
+  std::int64_t dim = 0;
+  std::int64_t max_blocks = 0;
+  GateSequences sequences;
+  bool is_query = false;
+  DeviceRope rope;
+};
+
+// Grid (ceil(max_blocks / 32), output_heads, batch), kGateThreads threads. Output head o reads input head
+// o / (output_heads / input_heads) (the single-linear layout projects a KV head's features once per
+// query head of its group). Thread (row group, column group) accumulates 4 rows x 4 columns per 128
+// columns; the input tile is stored transposed so that one 16-byte load gives a thread its 4 rows.
+// A template (on the largest feature dim its tiles hold) so that several translation units may include it.
+template <int MaxFeatureDim>
+__global__ void __launch_bounds__(kGateThreads) project_features_kernel(const ProjectParams params) {
+  static_assert(MaxFeatureDim % 128 == 0 && MaxFeatureDim <= kGateMaxFeatureDim, "tiles cover 128 columns per set");
+  constexpr int kColumnSets = MaxFeatureDim / 128;
+  __shared__ __align__(16) float input_tile[kProjectionDepth][kProjectionRows];  // [input feature][row]
+  __shared__ __align__(16) float weight_tile[kProjectionDepth * MaxFeatureDim];  // [input feature][column]
+
+  const std::int64_t first_block = static_cast<std::int64_t>(blockIdx.x) * kProjectionRows;
+  const std::int64_t o = blockIdx.y, b = blockIdx.z;
+  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
+  const std::int64_t blocks = BlockGeometry::ceil_div(length, params.sequences.block_size);
+  if (first_block >= blocks) return;
+  const int rows = static_cast<int>(blocks - first_block < kProjectionRows ? blocks - first_block : kProjectionRows);
+
+  const int dim = static_cast<int>(params.dim);
+  const int thread = static_cast<int>(threadIdx.x);
+  const int column_group = thread % 32;  // columns 4 * column_group + 128 * set
+  const int row_group = thread / 32;     // rows 4 * row_group .. + 3
+  const std::int64_t input_head = o / (params.output_heads / params.input_heads);
+  const float* input =
+      params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
+  const float* weights = params.weights != nullptr ? params.weights + o * params.input_width * params.dim : nullptr;
+
+  float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply, kProjectionRows * dim <= its size
+  if (params.weights == nullptr) {
+    // Identity (a gate without q projection fed pre-pooled features): only RoPE remains.
+    for (int i = thread; i < rows * dim; i += kGateThreads)
+      projected[i] = input[(i / dim) * params.input_width + i % dim];
+    __syncthreads();
+  } else {
+    float accumulator[kColumnSets][4][4];
+#pragma unroll
+    for (int s = 0; s < kColumnSets; ++s)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) accumulator[s][r][c] = 0.0f;
+
+    for (std::int64_t depth = 0; depth < params.input_width; depth += kProjectionDepth) {
+      __syncthreads();  // the previous step's tiles are consumed
+      for (int i = thread; i < kProjectionDepth * kProjectionRows; i += kGateThreads) {
+        const int row = i / kProjectionDepth, k = i % kProjectionDepth;
+        const bool valid = row < rows && depth + k < params.input_width;
+        input_tile[k][row] = valid ? input[row * params.input_width + depth + k] : 0.0f;
+      }
+      const int vectors_per_row = dim / 4;
+      for (int i = thread; i < kProjectionDepth * vectors_per_row; i += kGateThreads) {
+        const int k = i / vectors_per_row, v = i % vectors_per_row;
+        float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (depth + k < params.input_width)
+          value = *reinterpret_cast<const float4*>(weights + (depth + k) * params.dim + v * 4);
+        *reinterpret_cast<float4*>(&weight_tile[k * MaxFeatureDim + v * 4]) = value;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int k = 0; k < kProjectionDepth; ++k) {
+        const float4 a = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 4]);
+        const float rows_value[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+        for (int s = 0; s < kColumnSets; ++s) {
+          if (s * 128 + column_group * 4 >= dim) break;
+          const float4 w =
+              *reinterpret_cast<const float4*>(&weight_tile[k * MaxFeatureDim + s * 128 + column_group * 4]);
+          const float columns_value[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              accumulator[s][r][c] = fmaf(rows_value[r], columns_value[c], accumulator[s][r][c]);
+        }
+      }
+    }
+    // The projected rows go through shared memory (the weight tile's space) so RoPE can pair x_i with
+    // x_{i + dim/2}.
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kColumnSets; ++s) {
+      if (s * 128 + column_group * 4 >= dim) continue;
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          projected[(row_group * 4 + r) * dim + s * 128 + column_group * 4 + c] = accumulator[s][r][c];
+    }
+    __syncthreads();
+  }
+
+  const int half = dim / 2;
+  float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + first_block) * params.dim;
+  for (int i = thread; i < rows * half; i += kGateThreads) {
+    const int row = i / half, pair = i % half;
+    float first_value = projected[row * dim + pair], second_value = projected[row * dim + pair + half];
+    detail::rotate_pair(params.rope, detail::block_position(params.sequences, b, first_block + row, params.is_query),
+                        pair, first_value, second_value);
+    output[row * params.dim + pair] = first_value;
+    output[row * params.dim + pair + half] = second_value;
+  }
+}
+
+}  // namespace seer::gpu

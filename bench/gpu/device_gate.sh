@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One call on the GPU machine for the gate + selection work (issue 5): configure, build ONLY
+# seer_cuda_gate_tests and seer_bench_gate, run the tests, the tests under compute-sanitizer memcheck
+# (without the 1M- and 128k-token cases, too slow under the tool), then the benchmark.
+#   bench/gpu/device_gate.sh [build] [test] [sanitize] [bench]   (default: all four)
+# Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
+# none installed. Logs go to $OUT (or ./device-out); a short table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+status=0
+BUILD=build-gate
+TESTS=$BUILD/tests/gpu/gate/seer_cuda_gate_tests
+BENCH=$BUILD/bench/gpu/gate/seer_bench_gate
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+
+if has build; then
+  start=$SECONDS
+  built=0
+  # CMake first; if the configure or the build of the whole tree fails (other work in progress in the
+  # same checkout), compile the two programs directly with nvcc and the same flags.
+  if cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.carry/prefix" \
+      -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DSEER_WARNINGS_AS_ERRORS=ON -DSEER_BUILD_EXAMPLES=OFF \
+      >"$OUT/gate_build.log" 2>&1 &&
+    cmake --build $BUILD --target seer_cuda_gate_tests seer_bench_gate -j16 >>"$OUT/gate_build.log" 2>&1; then
+    built=1
+  else
+    grep -E -B2 -A6 'error|warning|Error' "$OUT/gate_build.log" | head -40
+    echo "cmake build failed; compiling directly with nvcc"
+    mkdir -p "$(dirname $TESTS)" "$(dirname $BENCH)"
+    flags=(-std=c++17 -arch=sm_90a -O3 -Iinclude -Ibackends/gpu-common/include -Ibackends/cuda/include
+      -I.carry/prefix/include -Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror)
+    nvcc "${flags[@]}" -Itests/gpu/gate tests/gpu/gate/test_gate_selection.cu tests/gpu/gate/test_gate_graph.cu \
+      tests/doctest_main.cpp -o $TESTS >>"$OUT/gate_build.log" 2>&1 &
+    tests_pid=$!
+    nvcc "${flags[@]}" bench/gpu/gate/gate_bench.cu -o $BENCH >>"$OUT/gate_build.log" 2>&1 &
+    bench_pid=$!
+    wait $tests_pid && wait $bench_pid && built=1
+  fi
+  [ $built -eq 1 ] || { grep -E -B2 -A6 'error' "$OUT/gate_build.log" | head -120; exit 1; }
+  echo "build: ok in $((SECONDS - start)) s"
+fi
+
+if has test; then
+  start=$SECONDS
+  timeout 420 $TESTS -d >"$OUT/gate_tests.log" 2>&1; rc=$?
+  grep -E 'MESSAGE|within the rounding|sampled rows' -A1 "$OUT/gate_tests.log" | grep -v -- '^--$' | grep -v MESSAGE | head -60
+  grep -E '^[0-9.]+ s: ' "$OUT/gate_tests.log" | head -20
+  tail -4 "$OUT/gate_tests.log"; echo "tests: rc=$rc in $((SECONDS - start)) s"
+  [ $rc -ne 0 ] && { grep -E -B4 -A14 'ERROR|FAILED|error' "$OUT/gate_tests.log" | head -150; status=1; }
+fi
+
+if has sanitize; then
+  start=$SECONDS
+  timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 $TESTS -tce='*1M tokens*,*128k tokens*' \
+    >"$OUT/gate_sanitizer_memcheck.log" 2>&1; rc=$?
+  tail -4 "$OUT/gate_sanitizer_memcheck.log"; echo "compute-sanitizer memcheck: rc=$rc in $((SECONDS - start)) s"
+  [ $rc -ne 0 ] && { grep -E -m 30 'Error|error|Invalid|FAILED' "$OUT/gate_sanitizer_memcheck.log"; status=1; }
+fi
+
+if has bench; then
+  timeout 300 $BENCH --out "$OUT" 2>&1 | tee "$OUT/gate_bench.log" || status=1
+fi
+exit $status
