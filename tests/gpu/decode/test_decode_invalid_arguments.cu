@@ -135,8 +135,10 @@ TEST_CASE("gpu decode: the workspace size follows the split bound") {
   // The bound fills the device without exceeding the useful splits.
   const auto small = gpu::decode_launch_shape(1, 32, 8, 1, 32768, nullptr, 264);
   CHECK(small.splits == 32);  // 8 rows x 32 splits: one wave of 16-tile CTAs
-  const auto large = gpu::decode_launch_shape(16, 32, 8, 1, 131072, nullptr, 264);
-  CHECK(large.splits == 2);  // 128 rows x 2 = 256 CTAs of 264 slots
+  DecodeBlockListView tenth_of_128k;
+  tenth_of_128k.capacity = 206;
+  const auto large = gpu::decode_launch_shape(16, 32, 8, 1, 131072, &tenth_of_128k, 264);
+  CHECK(large.splits == 2);  // 128 rows x 2 = 256 CTAs of 264 slots, 103 tiles each
   const auto chunks = gpu::decode_launch_shape(1, 32, 2, 8, 4096, nullptr, 264);
   CHECK(chunks.heads_per_cta == 8);
   CHECK(chunks.head_chunks == 2);
