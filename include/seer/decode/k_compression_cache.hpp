@@ -19,8 +19,11 @@
 //     store): pass it with applied_rope = nullptr;
 //   - the view holds post-RoPE keys (vLLM's and FlashInfer's convention): pass the RoPE the engine
 //     applied. RoPE is a rotation times a factor a, so pre = R(-t) post / a, and the cache undoes it
-//     token by token before pooling. The recovered keys equal the pre-RoPE keys up to the rounding of
-//     the stored post-RoPE values (one ulp of the KV dtype), the same error class as storing them.
+//     token by token before pooling (seer's double-precision RoPE). The recovered keys differ from
+//     the pre-RoPE keys by the rounding of the stored values and by any difference between the
+//     engine's RoPE tables and seer's: float32 angle tables, as transformers builds them, are off by
+//     up to ~1e-2 rad near position 1e5 (rotary_embedding.hpp). Prefer pre-RoPE keys where an engine
+//     has them (the original keeps them for exactly this reason).
 // Engines with other key stores can pool themselves and call write_block().
 //
 // Usage per layer: prefill() after the prompt is in the KV cache (a prompt shorter than one block has
