@@ -2,7 +2,8 @@
 # One call on the GPU machine for the gate + selection work (issue 5): configure, build ONLY
 # seer_cuda_gate_tests and seer_bench_gate, run the tests, the tests under compute-sanitizer memcheck
 # (without the 1M- and 128k-token cases, too slow under the tool), then the benchmark.
-#   bench/gpu/device_gate.sh [build] [test] [sanitize] [bench]   (default: all four)
+#   bench/gpu/device_gate.sh [build] [test] [sanitize] [bench] [profile]   (default: all five)
+# `profile` lists the duration of each gate kernel (ncu, clocks not locked) at 32k tokens.
 # Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
 # none installed. Logs go to $OUT (or ./device-out); a short table is printed last.
 set -uo pipefail
@@ -11,7 +12,7 @@ OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench profile)
 has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 status=0
 BUILD=build-gate
@@ -66,5 +67,15 @@ fi
 
 if has bench; then
   timeout 300 $BENCH --out "$OUT" 2>&1 | tee "$OUT/gate_bench.log" || status=1
+fi
+if has profile; then
+  # One run of gate_features, gate_features_from_pooled and the TopK selection (after 3 warm-ups each):
+  # 4 x 3 + 4 x 2 + 4 x 5 kernel launches.
+  timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum \
+    -k regex:'pool_blocks|project_features|block_selection|scan_|block_layout|row_sizes' --launch-count 40 \
+    $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu.log" 2>&1
+  echo "ncu: rc=$?"
+  grep -E 'seer::gpu::[a-z_]+_kernel|gpu__time_duration' "$OUT/gate_ncu.log" \
+    | sed -E 's/.*seer::gpu::([a-z_]+_kernel).*/\1/; s/.*gpu__time_duration.sum +//' | paste - - | tail -40
 fi
 exit $status

@@ -43,7 +43,9 @@
 
 namespace seer::gpu {
 
-inline constexpr int kSelectionMaxRows = 16;             // rows per work item: 2 rows per thread of the logit loop
+inline constexpr int kSelectionMaxRows = 16;  // rows per work item: 2 rows per thread of the logit loop
+// 16-byte vectors of a key tile per thread: 32 keys x 256 dims or 64 keys x 128 dims over 256 threads.
+inline constexpr int kSelectionStagedVectors = 8;
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
@@ -172,15 +174,28 @@ __device__ inline std::uint32_t radix_key(float logit) {
 }
 
 // One row as a warp sees it.
+// ForcedBlocks::is_forced(geometry, m, n) is "n < sink_blocks, or keep_diagonal and n in
+// [diagonal_first(m), diagonal_last(m)]"; the row keeps the two bounds (BlockGeometry's own functions,
+// evaluated once per row) because the candidate loops ask for every n, and the geometry's 64-bit
+// divisions per candidate cost more than the rest of a radix pass.
 struct RowView {
   const float* logits = nullptr;  // [visible]
   std::int64_t visible = 0;
   BlockGeometry geometry;
   std::int64_t m = 0;
-  ForcedBlocks forced;
   std::int64_t forced_count = 0;
+  std::int64_t sinks = 0;
+  std::int64_t diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
 
-  __device__ bool is_forced(std::int64_t n) const { return forced.is_forced(geometry, m, n); }
+  __device__ void set_forced(const ForcedBlocks& forced) {
+    sinks = forced.sink_blocks;
+    if (forced.keep_diagonal) {
+      diagonal_first = geometry.diagonal_first(m);
+      diagonal_last = geometry.diagonal_last(m);
+    }
+    forced_count = forced_block_count(forced, geometry, m, visible);
+  }
+  __device__ bool is_forced(std::int64_t n) const { return n < sinks || (n >= diagonal_first && n <= diagonal_last); }
 };
 
 // Result of a radix select: the unforced blocks whose key, masked, is above `prefix` are taken, and of
@@ -434,7 +449,7 @@ __device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& 
 // shared memory: the R query features, one key tile, the logits when they fit, and the warps' scratch
 // (selection_shared_bytes on the host side computes the same layout).
 template <class Policy>
-__global__ void __launch_bounds__(kGateThreads) block_selection_kernel(const SelectionParams<Policy> params) {
+__global__ void __launch_bounds__(kGateThreads, 2) block_selection_kernel(const SelectionParams<Policy> params) {
   extern __shared__ __align__(16) unsigned char selection_shared[];
   constexpr int kWarps = kGateThreads / vendor::warp_size;
   const int dim = static_cast<int>(params.features.dim);
@@ -482,18 +497,33 @@ __global__ void __launch_bounds__(kGateThreads) block_selection_kernel(const Sel
       for (int i = thread + rows * dim; i < kSelectionMaxRows * dim; i += kGateThreads) query_tile[i] = 0.0f;
       const std::int64_t visible0 = g.visible_key_blocks(m0 + 2 * row_pair);
       const std::int64_t visible1 = g.visible_key_blocks(m0 + 2 * row_pair + 1);
+      // The next key tile is loaded into registers while the current one is multiplied.
+      const int vectors = dim / 4;  // 16-byte vectors per key feature
+      const int tile_vectors = keys_per_tile * vectors;
+      float4 staged[kSelectionStagedVectors];
+      // Consecutive key features are contiguous: a tile is one run of keys_per_tile * dim floats.
+      const float* key_features = params.features.key + params.features.key_offset(b, key_head, 0);
+      auto load_tile = [&](std::int64_t key_first) {
+        const float* source = key_features + key_first * dim;
+        const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
+#pragma unroll
+        for (int j = 0; j < kSelectionStagedVectors; ++j) {
+          const int i = thread + j * kGateThreads;
+          staged[j] = i < tile_vectors && i < valid_vectors ? *reinterpret_cast<const float4*>(source + 4 * i)
+                                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+      };
+      load_tile(0);
       for (std::int64_t key_first = 0; key_first < last_visible; key_first += keys_per_tile) {
         __syncthreads();  // the key tile is free
-        const int vectors = dim / 4;
-        for (int i = thread; i < keys_per_tile * vectors; i += kGateThreads) {
-          const int key = i / vectors, v = i % vectors;
-          float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          if (key_first + key < last_visible)
-            value = *reinterpret_cast<const float4*>(params.features.key +
-                                                     params.features.key_offset(b, key_head, key_first + key) + v * 4);
-          *reinterpret_cast<float4*>(key_tile + key * key_stride + v * 4) = value;
+#pragma unroll
+        for (int j = 0; j < kSelectionStagedVectors; ++j) {
+          const int i = thread + j * kGateThreads;
+          if (i < tile_vectors)
+            *reinterpret_cast<float4*>(key_tile + 4 * (i + i / vectors)) = staged[j];  // + 4 floats of padding per key
         }
         __syncthreads();
+        if (key_first + keys_per_tile < last_visible) load_tile(key_first + keys_per_tile);
         float dot0 = 0.0f, dot1 = 0.0f;
         const float* key_row = key_tile + key_lane * key_stride;
         const float* query0 = query_tile + (2 * row_pair) * dim;
@@ -523,8 +553,7 @@ __global__ void __launch_bounds__(kGateThreads) block_selection_kernel(const Sel
       view.visible = g.visible_key_blocks(m);
       view.geometry = g;
       view.m = m;
-      view.forced = params.forced;
-      view.forced_count = forced_block_count(params.forced, g, m, view.visible);
+      view.set_forced(params.forced);
       std::int32_t* out = nullptr;
       std::int64_t capacity = 0;
       if (params.write) {

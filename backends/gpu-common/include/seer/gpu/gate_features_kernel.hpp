@@ -114,7 +114,10 @@ struct DeviceElement<half> {
 // Rotates the pair (first, second) = (x_i, x_{i + dim/2}) of a block feature to `position`, in double.
 __device__ inline void rotate_pair(const DeviceRope& rope, std::int64_t position, std::int64_t i, float& first,
                                    float& second) {
-  const double angle = static_cast<double>(position) * rope.inverse_frequencies[i];
+  double angle = static_cast<double>(position) * rope.inverse_frequencies[i];
+  // Reduced to [-pi, pi] first (error ~1e-10 rad at 1M tokens): sincos then stays on its fast path.
+  constexpr double kTwoPi = 6.283185307179586;
+  angle = fma(-kTwoPi, rint(angle * (1.0 / kTwoPi)), angle);
   double sine = 0.0, cosine = 0.0;
   sincos(angle, &sine, &cosine);
   cosine *= rope.attention_factor;
@@ -177,19 +180,27 @@ __global__ void __launch_bounds__(kGateThreads) pool_blocks_kernel(const PoolPar
     sum[e] = 0.0f;
   }
   if (group < groups) {
+    // Four tokens' loads in flight before any is reduced (the loop is otherwise latency-bound).
+    constexpr int kLoadsInFlight = 4;
     const T* source = params.input.vector(b, first + group, h) + chunk * 8;
     const std::int64_t step = groups * params.input.token_stride;
-#pragma unroll 4
-    for (std::int64_t t = group; t < count; t += groups, source += step) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(source);
-      const std::uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    for (std::int64_t t0 = group; t0 < count; t0 += kLoadsInFlight * groups, source += kLoadsInFlight * step) {
+      uint4 raw[kLoadsInFlight];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const std::uint32_t bits = (e % 2 == 0) ? (words[e / 2] & 0xffffu) : (words[e / 2] >> 16);
-        const float x = detail::DeviceElement<T>::to_float(bits);
-        maximum[e] = fmaxf(maximum[e], x);
-        minimum[e] = fminf(minimum[e], x);
-        sum[e] += x;
+      for (int j = 0; j < kLoadsInFlight; ++j)
+        raw[j] = t0 + j * groups < count ? *reinterpret_cast<const uint4*>(source + j * step) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int j = 0; j < kLoadsInFlight; ++j) {
+        if (t0 + j * groups >= count) break;
+        const std::uint32_t words[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const std::uint32_t bits = (e % 2 == 0) ? (words[e / 2] & 0xffffu) : (words[e / 2] >> 16);
+          const float x = detail::DeviceElement<T>::to_float(bits);
+          maximum[e] = fmaxf(maximum[e], x);
+          minimum[e] = fminf(minimum[e], x);
+          sum[e] += x;
+        }
       }
     }
   }
@@ -254,7 +265,8 @@ struct ProjectParams {
 // columns; the input tile is stored transposed so that one 16-byte load gives a thread its 4 rows.
 // A template (on the largest feature dim its tiles hold) so that several translation units may include it.
 template <int MaxFeatureDim>
-__global__ void __launch_bounds__(kGateThreads) project_features_kernel(const ProjectParams params) {
+__global__ void __launch_bounds__(kGateThreads, MaxFeatureDim <= 128 ? 3 : 2)
+    project_features_kernel(const ProjectParams params) {
   static_assert(MaxFeatureDim % 128 == 0 && MaxFeatureDim <= kGateMaxFeatureDim, "tiles cover 128 columns per set");
   constexpr int kColumnSets = MaxFeatureDim / 128;
   __shared__ __align__(16) float input_tile[kProjectionDepth][kProjectionRows];  // [input feature][row]
@@ -291,22 +303,47 @@ __global__ void __launch_bounds__(kGateThreads) project_features_kernel(const Pr
 #pragma unroll
         for (int c = 0; c < 4; ++c) accumulator[s][r][c] = 0.0f;
 
-    for (std::int64_t depth = 0; depth < params.input_width; depth += kProjectionDepth) {
-      __syncthreads();  // the previous step's tiles are consumed
-      for (int i = thread; i < kProjectionDepth * kProjectionRows; i += kGateThreads) {
+    // The next step's input and weight tiles are loaded into registers while this step multiplies.
+    constexpr int kStagedInputs = kProjectionDepth * kProjectionRows / kGateThreads;
+    constexpr int kStagedWeights = kProjectionDepth * MaxFeatureDim / 4 / kGateThreads;
+    const int vectors_per_row = dim / 4;
+    float staged_inputs[kStagedInputs];
+    float4 staged_weights[kStagedWeights];
+    auto load_step = [&](std::int64_t depth) {
+#pragma unroll
+      for (int j = 0; j < kStagedInputs; ++j) {
+        const int i = thread + j * kGateThreads;
         const int row = i / kProjectionDepth, k = i % kProjectionDepth;
         const bool valid = row < rows && depth + k < params.input_width;
-        input_tile[k][row] = valid ? input[row * params.input_width + depth + k] : 0.0f;
+        staged_inputs[j] = valid ? input[row * params.input_width + depth + k] : 0.0f;
       }
-      const int vectors_per_row = dim / 4;
-      for (int i = thread; i < kProjectionDepth * vectors_per_row; i += kGateThreads) {
+#pragma unroll
+      for (int j = 0; j < kStagedWeights; ++j) {
+        const int i = thread + j * kGateThreads;
         const int k = i / vectors_per_row, v = i % vectors_per_row;
         float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (depth + k < params.input_width)
+        if (i < kProjectionDepth * vectors_per_row && depth + k < params.input_width)
           value = *reinterpret_cast<const float4*>(weights + (depth + k) * params.dim + v * 4);
-        *reinterpret_cast<float4*>(&weight_tile[k * MaxFeatureDim + v * 4]) = value;
+        staged_weights[j] = value;
+      }
+    };
+    load_step(0);
+    for (std::int64_t depth = 0; depth < params.input_width; depth += kProjectionDepth) {
+      __syncthreads();  // the previous step's tiles are consumed
+#pragma unroll
+      for (int j = 0; j < kStagedInputs; ++j) {
+        const int i = thread + j * kGateThreads;
+        input_tile[i % kProjectionDepth][i / kProjectionDepth] = staged_inputs[j];
+      }
+#pragma unroll
+      for (int j = 0; j < kStagedWeights; ++j) {
+        const int i = thread + j * kGateThreads;
+        if (i < kProjectionDepth * vectors_per_row)
+          *reinterpret_cast<float4*>(&weight_tile[(i / vectors_per_row) * MaxFeatureDim + (i % vectors_per_row) * 4]) =
+              staged_weights[j];
       }
       __syncthreads();
+      if (depth + kProjectionDepth < params.input_width) load_step(depth + kProjectionDepth);
 #pragma unroll 8
       for (int k = 0; k < kProjectionDepth; ++k) {
         const float4 a = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 4]);
