@@ -33,11 +33,11 @@ def load_library(path):
     library = ctypes.CDLL(path)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     decode = library.seer_bench_decode_bf16
-    decode.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr,
-                       ctypes.c_char_p, i64]
+    decode.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, i64,
+                       ptr, ctypes.c_char_p, i64]
     decode.restype = ctypes.c_int
     workspace = library.seer_bench_decode_workspace_bf16
-    workspace.argtypes = [i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_char_p, i64]
+    workspace.argtypes = [i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, i64, ctypes.c_char_p, i64]
     workspace.restype = i64
     return decode, workspace
 
@@ -67,6 +67,9 @@ def main():
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--contexts", default="32768,131072")
     parser.add_argument("--densities", default="1.0,0.1,0.05")
+    parser.add_argument("--sweep-splits", default="8,16,32,64",
+                        help="forced split bounds also timed at density 0.1 (diagnostics; the table reports the "
+                             "automatic choice)")
     args = parser.parse_args()
 
     decode, workspace_query = load_library(args.library)
@@ -90,20 +93,21 @@ def main():
             stream = torch.cuda.current_stream().cuda_stream
             dense_bytes = 2 * batch * context * KV_HEADS * DIM * 2 + 2 * q.numel() * 2
 
-            def seer_call(blocks, workspace):
+            def seer_call(blocks, workspace, forced_splits=0):
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 status = decode(q.data_ptr(), keys.data_ptr(), values.data_ptr(), lengths.data_ptr(), out.data_ptr(),
                                 lse.data_ptr(), batch, 1, Q_HEADS, KV_HEADS, DIM, context, context,
                                 key_blocks.data_ptr() if blocks is not None else None,
                                 counts.data_ptr() if blocks is not None else None, capacity,
                                 workspace.data_ptr() if workspace is not None else None,
-                                workspace.numel() if workspace is not None else 0, stream, error, len(error))
+                                workspace.numel() if workspace is not None else 0, forced_splits, stream, error,
+                                len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
-            def workspace_for(capacity, dense):
+            def workspace_for(capacity, dense, forced_splits=0):
                 size = workspace_query(batch, 1, Q_HEADS, KV_HEADS, DIM, context, context, capacity, 1 if dense else 0,
-                                       error, len(error))
+                                       forced_splits, error, len(error))
                 if size < 0:
                     raise RuntimeError(error.value.decode())
                 return torch.empty(max(size, 16), dtype=torch.uint8, device="cuda") if size > 0 else None
@@ -168,6 +172,13 @@ def main():
                 torch.cuda.synchronize()
                 difference = (out.float() - reference).abs().max().item() if density >= 1.0 else None
                 record("seer-sparse", density, kept, bench(lambda: seer_call(blocks, workspace)), difference)
+                if density == 0.1 and args.sweep_splits:
+                    sweep = {}
+                    for forced in [int(x) for x in args.sweep_splits.split(",")]:
+                        forced_workspace = workspace_for(capacity, False, forced)
+                        sweep[forced] = bench(lambda: seer_call(blocks, forced_workspace, forced))
+                    print(json.dumps({"batch": batch, "context": context, "density": density,
+                                      "forced_split_ms": sweep}), flush=True)
             del q, keys, values, out, lse, q_sdpa, reference
             torch.cuda.empty_cache()
 

@@ -47,11 +47,13 @@ Views make_views(const void* q, const void* keys, const void* values, const std:
 
 }  // namespace
 
-// Workspace bytes for these shapes (key_blocks == nullptr: dense). Returns -1 with a message on error.
+// Workspace bytes for these shapes (dense != 0: no block list); forced_splits > 0 replaces the automatic
+// split bound (for split sweeps). Returns -1 with a message on error.
 extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std::int64_t q_len, std::int64_t q_heads,
                                                          std::int64_t kv_heads, std::int64_t head_dim,
                                                          std::int64_t capacity, std::int64_t max_length,
-                                                         std::int64_t block_capacity, int dense, char* error,
+                                                         std::int64_t block_capacity, int dense,
+                                                         std::int64_t forced_splits, char* error,
                                                          std::int64_t error_capacity) {
   try {
     alignas(16) static seer::bfloat16 placeholder[8];
@@ -59,6 +61,7 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
     const Views views =
         make_views(placeholder, placeholder, placeholder, index_placeholder, placeholder, batch, q_len, q_heads,
                    kv_heads, head_dim, capacity, max_length, index_placeholder, index_placeholder, block_capacity);
+    if (forced_splits > 0) return seer::gpu::decode_workspace_bytes_for(batch, q_heads, q_len, head_dim, forced_splits);
     return seer::cuda::decode_workspace_bytes<seer::bfloat16>(views.q, views.cache,
                                                               dense != 0 ? nullptr : &views.blocks);
   } catch (const std::exception& e) {
@@ -67,22 +70,32 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
   }
 }
 
-// One decode call on `stream`. key_blocks == nullptr selects dense decoding. Returns 0, or 1 with a message.
+// One decode call on `stream`. key_blocks == nullptr selects dense decoding; forced_splits > 0 replaces the
+// automatic split bound. Returns 0, or 1 with a message.
 extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
                                       void* out, float* lse, std::int64_t batch, std::int64_t q_len,
                                       std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
                                       std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
                                       const std::int32_t* counts, std::int64_t block_capacity, void* workspace,
-                                      std::int64_t workspace_bytes, void* stream, char* error,
-                                      std::int64_t error_capacity) {
+                                      std::int64_t workspace_bytes, std::int64_t forced_splits, void* stream,
+                                      char* error, std::int64_t error_capacity) {
   try {
     const Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
                                    max_length, key_blocks, counts, block_capacity);
     seer::TensorView<float, 2> lse_view;
     if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
-    seer::cuda::sparse_decode<seer::bfloat16>(views.q, views.cache, key_blocks != nullptr ? &views.blocks : nullptr,
-                                              seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
-                                              static_cast<cudaStream_t>(stream));
+    const seer::DecodeBlockListView* blocks = key_blocks != nullptr ? &views.blocks : nullptr;
+    if (forced_splits > 0) {
+      seer::gpu::DecodeLaunchShape shape = seer::cuda::detail::automatic_decode_shape(views.q, views.cache, blocks);
+      shape.splits = forced_splits;
+      seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
+          views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
+          shape, static_cast<cudaStream_t>(stream));
+    } else {
+      seer::cuda::sparse_decode<seer::bfloat16>(views.q, views.cache, blocks, seer::AttentionOptions{}, views.out,
+                                                lse_view, workspace, workspace_bytes,
+                                                static_cast<cudaStream_t>(stream));
+    }
     return 0;
   } catch (const std::exception& e) {
     copy_message(e.what(), error, error_capacity);

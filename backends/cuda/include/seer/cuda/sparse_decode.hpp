@@ -67,8 +67,20 @@ void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
   if (params.splits > 1) {
     constexpr int kRowsPerCta = gpu::kDecodeMergeThreads / (HeadDim / 4);
     const std::int64_t ctas = (params.partial_rows() + kRowsPerCta - 1) / kRowsPerCta;
-    gpu::decode_merge_kernel<T, HeadDim><<<static_cast<unsigned>(ctas), gpu::kDecodeMergeThreads, 0, stream>>>(params);
-    gpu::vendor::check_last_launch("decode_merge_kernel launch");
+    // Programmatic dependent launch: the merge grid is scheduled while the decode grid finishes and
+    // waits on the device (griddepcontrol.wait) instead of paying a full launch gap after it.
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(ctas));
+    config.blockDim = dim3(gpu::kDecodeMergeThreads);
+    config.dynamicSmemBytes = 0;
+    config.stream = stream;
+    cudaLaunchAttribute attributes[1];
+    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attributes;
+    config.numAttrs = 1;
+    gpu::vendor::check(cudaLaunchKernelEx(&config, gpu::decode_merge_kernel<T, HeadDim>, params),
+                       "decode_merge_kernel launch");
   }
 }
 

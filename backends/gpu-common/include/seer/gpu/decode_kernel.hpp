@@ -153,14 +153,32 @@ __device__ inline void write_decode_rows(const DecodeParams<T>& params, const De
 
 }  // namespace decode_detail
 
+// Programmatic dependent launch (sm_90): the merge kernel is launched while the decode kernel still
+// runs and waits here until the decode grid has finished and its writes are visible; the decode kernel
+// lets it launch once its CTAs reach their epilogues. Elsewhere (HIP, older targets) both are no-ops and
+// stream order alone separates the two kernels.
+__device__ inline void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ inline void allow_dependent_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Combines the partials of rows with more than one effective split: out = sum_s 2^(lse_s - m) o_s /
-// sum_s 2^(lse_s - m). HeadDim / 4 threads per (sequence, token, query head) row, 4 dims each.
+// sum_s 2^(lse_s - m). HeadDim / 4 threads per (sequence, token, query head) row, 4 dims each. Splits
+// are read kMergeBatch at a time, all loads of a batch issued before their first use (a loop that
+// waits for each split's load in turn costs one L2 round trip per split).
 inline constexpr int kDecodeMergeThreads = 128;
 
 template <class T, int HeadDim>
 __global__ void __launch_bounds__(kDecodeMergeThreads) decode_merge_kernel(const DecodeParams<T> params) {
   constexpr int kQuads = HeadDim / 4;
   constexpr int kRowsPerCta = kDecodeMergeThreads / kQuads;
+  constexpr int kMergeBatch = 8;
   const float negative_infinity = -__int_as_float(0x7f800000);
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerCta + threadIdx.x / kQuads;
   const int quad = static_cast<int>(threadIdx.x) % kQuads;
@@ -173,27 +191,46 @@ __global__ void __launch_bounds__(kDecodeMergeThreads) decode_merge_kernel(const
   const std::int64_t splits =
       decode_effective_splits(decode_row_tiles(params, sequence, head / params.group, cached), params.splits);
   if (splits <= 1) return;  // written directly by the decode kernel
-  const float* lses = params.partial_lse + row * params.splits;
-  float peak = negative_infinity;
-  for (std::int64_t s = 0; s < splits; ++s) peak = fmaxf(peak, lses[s]);
-  const float base = peak == negative_infinity ? 0.0f : peak;
-  float sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-  for (std::int64_t s = 0; s < splits; ++s) {
-    const float weight = vendor::fast_exp2(lses[s] - base);
-    const float4 o =
-        *reinterpret_cast<const float4*>(params.partial_output + (row * params.splits + s) * HeadDim + 4 * quad);
-    sum += weight;
-    o0 += o.x * weight;
-    o1 += o.y * weight;
-    o2 += o.z * weight;
-    o3 += o.w * weight;
+  wait_for_previous_grid();
+  const float* const lses = params.partial_lse + row * params.splits;
+  const float* const partials = params.partial_output + row * params.splits * HeadDim + 4 * quad;
+  float peak = negative_infinity, sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+  for (std::int64_t first = 0; first < splits; first += kMergeBatch) {
+    float lse[kMergeBatch];
+    float4 o[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const bool valid = first + i < splits;
+      lse[i] = valid ? lses[first + i] : negative_infinity;
+      o[i] = valid ? *reinterpret_cast<const float4*>(partials + (first + i) * HeadDim) : make_float4(0, 0, 0, 0);
+    }
+    float batch_peak = peak;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) batch_peak = fmaxf(batch_peak, lse[i]);
+    const float base = batch_peak == negative_infinity ? 0.0f : batch_peak;  // no -inf - -inf
+    const float rescale = vendor::fast_exp2(peak - base);
+    sum *= rescale;
+    o0 *= rescale;
+    o1 *= rescale;
+    o2 *= rescale;
+    o3 *= rescale;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const float weight = vendor::fast_exp2(lse[i] - base);
+      sum += weight;
+      o0 += o[i].x * weight;
+      o1 += o[i].y * weight;
+      o2 += o[i].z * weight;
+      o3 += o[i].w * weight;
+    }
+    peak = batch_peak;
   }
   const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
   decode_detail::store_four(params.out.vector(sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse,
                             o2 * inverse, o3 * inverse);
   if (quad == 0 && params.lse != nullptr)
     params.lse[head * params.lse_head_stride + (params.q.start(sequence) + token) * params.lse_token_stride] =
-        sum > 0.0f ? (base + __log2f(sum)) * decode_detail::kLn2 : negative_infinity;
+        sum > 0.0f ? (peak + __log2f(sum)) * decode_detail::kLn2 : negative_infinity;
 }
 
 // Tile shapes and the shared-memory budget of the NVIDIA kernel (RowBlocks: 16-row blocks of the
@@ -422,6 +459,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks>::kThreads,
     }
   }
   vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
+  allow_dependent_grid();          // the merge kernel may launch (it waits for this grid to finish)
   __syncthreads();                 // every warp is done with the tiles
 
   // ---- stage each warp's (max, sum, output) and combine ----
