@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One call on the GPU machine for the ground-truth kernels (issue 5): configure like device_run.sh,
-# build only seer_cuda_ground_truth_tests and seer_bench_ground_truth, run the tests, the tests under
-# compute-sanitizer (memcheck, racecheck), and the benchmark. Logs go to $OUT (or ./device-out); a
+# One call on the GPU machine for the ground-truth kernels (issue 5) and the distillation step (issue 6):
+# configure like device_run.sh, build only seer_cuda_ground_truth_tests (ground truth, distillation
+# loss/gradient, AdamW) and seer_bench_ground_truth, run the tests, the tests under compute-sanitizer
+# (memcheck, racecheck), and the benchmark. Logs go to $OUT (or ./device-out); a
 # short table comes last.
 #   bench/gpu/device_ground_truth.sh [repetitions]
 set -uo pipefail
@@ -35,7 +36,7 @@ echo "build: ok in $((SECONDS - start)) s"
 
 start=$SECONDS
 timeout 240 $TESTS -s >"$OUT/tests.log" 2>&1; rc=$?
-grep -E 'MESSAGE|worst' "$OUT/tests.log" | grep -E -o '[0-9]+ target entries.*' | head -30
+grep -E -o '[0-9]+ target entries.*|[a-z] projection: .*|loss: GPU .*' "$OUT/tests.log" | sort | uniq | head -40
 tail -4 "$OUT/tests.log"; echo "tests: rc=$rc in $((SECONDS - start)) s"
 [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests.log" | head -80; status=1; }
 grep -i 'skipped' "$OUT/tests.log" | grep -v 'test cases' | head -5

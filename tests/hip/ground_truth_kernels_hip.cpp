@@ -3,7 +3,8 @@
 // Host validation runs everywhere; on an AMD GPU the targets are compared with a float64 reference
 // written out below (Eigen, which seer::cpu's reference uses, stays out of HIP translation units),
 // with the tolerance of tests/gpu/ground_truth (which runs the same kernels' logic on NVIDIA and
-// checks them against seer::cpu's reference). Without an AMD GPU the device case skips.
+// checks them against seer::cpu's reference). Without an AMD GPU the device case skips. The portable
+// distillation kernels are instantiated here too (compile checks).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "seer/gpu/distillation_kernels.hpp"
 #include "seer/hip/ground_truth.hpp"
 
 namespace {
@@ -61,6 +63,18 @@ struct DeviceBuffer {
 };
 
 }  // namespace
+
+// The distillation kernels (seer/gpu/distillation_kernels.hpp) are vendor-portable: compiled here for the
+// AMD targets; seer::cuda's launcher and tests/gpu/ground_truth run them on NVIDIA.
+template __global__ void seer::gpu::gate_feature_kernel<seer::gpu::kDistillationThreads>(seer::gpu::DistillationParams);
+template __global__ void seer::gpu::distillation_row_kernel<seer::gpu::kDistillationThreads>(
+    seer::gpu::DistillationParams);
+template __global__ void seer::gpu::feature_gradient_kernel<seer::gpu::kDistillationThreads>(
+    seer::gpu::DistillationParams);
+template __global__ void seer::gpu::weight_gradient_kernel<seer::gpu::kDistillationThreads>(
+    seer::gpu::DistillationParams);
+template __global__ void seer::gpu::loss_sum_kernel<seer::gpu::kDistillationThreads>(seer::gpu::DistillationParams);
+template __global__ void seer::gpu::adam_w_kernel<256>(seer::gpu::AdamWParams);
 
 TEST_CASE("hip ground truth: invalid arguments name the argument") {
   auto* fake = reinterpret_cast<bfloat16*>(std::uintptr_t{1} << 20);

@@ -475,15 +475,20 @@ __global__ void __launch_bounds__(kGroundTruthPoolingThreads)
 }
 
 // One-dimensional target. Grid (64-token query tiles of the longest q, KV heads, sequences); threads
-// (token of the tile) x (column 0-3). Pass 1: a thread pools its token's key blocks n = column,
-// column + 4, ... over the group's query heads and the block's tiles (r reads coalesced across the
-// tokens), writes the raw maxima to the target row and keeps their sum. Pass 2: the row sums meet in
-// shared memory; each warp then rewrites whole rows, normalised, with zeros past the row's length.
+// (token of the tile) x (column 0-3). A thread pools its token's key blocks n = column, column + 4, ...
+// over the group's query heads and the block's tiles (the r reads are coalesced across the tokens).
+// Pass 1 only sums a row's pooled values. Pass 2 pools again, chunk by chunk of key blocks, normalised,
+// into a shared [chunk][token] tile that the CTA then writes row by row: the target (as large as r
+// itself) is written once, in whole rows, zeros past each row's length included. Pooling twice reads
+// r twice; the first version, which wrote raw values in 4-byte pieces strided by a row and then
+// rewrote every row normalised, made the whole 1-D call 32.8 ms against 29.1 ms now (H100, 32k tokens,
+// 32 heads, MHA; the 2-D call 26.4 ms, the dense forward 24.9 ms).
 template <class T>
 __global__ void __launch_bounds__(kGroundTruthPoolingThreads)
     one_dimensional_target_kernel(const GroundTruthParams<T> ground_truth) {
   const PrefillParams<T>& params = ground_truth.attention;
   constexpr int kColumns = kGroundTruthPoolingThreads / kGroundTruthTile;
+  constexpr int kChunk = 32;  // key blocks staged per pass-2 step
   const float negative_infinity = -__int_as_float(0x7f800000);
   const std::int64_t query_tile = blockIdx.x, kv_head = blockIdx.y, sequence = blockIdx.z;
   const std::int64_t q_len = params.q.length(sequence), k_len = params.k.length(sequence);
@@ -494,46 +499,50 @@ __global__ void __launch_bounds__(kGroundTruthPoolingThreads)
   const std::int64_t t = query_tile * kGroundTruthTile + local;
   const std::int64_t token = params.q.start(sequence) + t;
   const std::int64_t count = t < q_len ? ground_truth_detail::complete_blocks_before(blocks, t) : 0;
-  float* const target_base = ground_truth.target + sequence * ground_truth.target_stride[0] +
-                             kv_head * ground_truth.target_stride[1] +
-                             query_tile * kGroundTruthTile * ground_truth.target_stride[2];
-  const std::int64_t column_stride = ground_truth.target_stride[3];
-  float* const row = target_base + local * ground_truth.target_stride[2];
 
-  float partial = 0.0f;
-  for (std::int64_t n = column; n < count; n += kColumns) {
-    // Every tile of a complete block before the token's own block was visited by the forward.
+  // max over the group's heads and block n's tiles of p = exp(r - LSE). Every tile of a complete block
+  // before the token's own block was visited by the forward.
+  auto pooled = [&](std::int64_t n) {
     float best = negative_infinity;
     for (std::int64_t h = kv_head * params.group; h < (kv_head + 1) * params.group; ++h) {
       const float lse = params.lse[h * params.lse_head_stride + token * params.lse_token_stride];
+      const float* const maxima = ground_truth.row_maxima + h * ground_truth.key_tiles * ground_truth.token_capacity;
       for (std::int64_t key_tile = n * tiles_per_block; key_tile < (n + 1) * tiles_per_block; ++key_tile)
-        best = fmaxf(
-            best,
-            ground_truth.row_maxima[(h * ground_truth.key_tiles + key_tile) * ground_truth.token_capacity + token] -
-                lse);
+        best = fmaxf(best, maxima[key_tile * ground_truth.token_capacity + token] - lse);
     }
-    const float probability = expf(best);
-    row[n * column_stride] = probability;
-    partial += probability;
-  }
+    return expf(best);
+  };
 
+  float partial = 0.0f;
+  for (std::int64_t n = column; n < count; n += kColumns) partial += pooled(n);
   __shared__ float row_sums[kColumns][kGroundTruthTile];
+  __shared__ float staged[kChunk][kGroundTruthTile + 1];  // +1: the row-wise reads hit distinct banks
   row_sums[column][local] = partial;
-  __syncthreads();  // the partial sums and pass 1's global writes are visible to the whole CTA
-
-  const int lane = vendor::lane_index();
-  const int warps = static_cast<int>(blockDim.x) / vendor::warp_size;
-  const std::int64_t rows_here = ground_truth.target_rows - query_tile * kGroundTruthTile;
-  for (int r = vendor::warp_index(); r < kGroundTruthTile && r < rows_here; r += warps) {
-    const std::int64_t row_t = query_tile * kGroundTruthTile + r;
-    const std::int64_t row_count = row_t < q_len ? ground_truth_detail::complete_blocks_before(blocks, row_t) : 0;
-    float total = 0.0f;
+  __syncthreads();
+  float total = 0.0f;
 #pragma unroll
-    for (int c = 0; c < kColumns; ++c) total += row_sums[c][r];
-    const float inverse = 1.0f / (total + 1e-9f);  // the original's + 1e-9
-    float* const out = target_base + r * ground_truth.target_stride[2];
-    for (std::int64_t n = lane; n < ground_truth.target_columns; n += vendor::warp_size)
-      out[n * column_stride] = n < row_count ? out[n * column_stride] * inverse : 0.0f;
+  for (int c = 0; c < kColumns; ++c) total += row_sums[c][local];
+  const float inverse = 1.0f / (total + 1e-9f);  // the original's + 1e-9
+
+  float* const target_base = ground_truth.target + sequence * ground_truth.target_stride[0] +
+                             kv_head * ground_truth.target_stride[1] +
+                             query_tile * kGroundTruthTile * ground_truth.target_stride[2];
+  const std::int64_t rows_here = ground_truth.target_rows - query_tile * kGroundTruthTile;
+  const int rows = rows_here < kGroundTruthTile ? static_cast<int>(rows_here) : kGroundTruthTile;
+  for (std::int64_t first = 0; first < ground_truth.target_columns; first += kChunk) {
+    for (int c = column; c < kChunk; c += kColumns) {
+      const std::int64_t n = first + c;
+      staged[c][local] = n < count ? pooled(n) * inverse : 0.0f;
+    }
+    __syncthreads();
+    const int width =
+        ground_truth.target_columns - first < kChunk ? static_cast<int>(ground_truth.target_columns - first) : kChunk;
+    for (int index = static_cast<int>(threadIdx.x); index < rows * kChunk; index += static_cast<int>(blockDim.x)) {
+      const int r = index / kChunk, c = index % kChunk;
+      if (c < width)
+        target_base[r * ground_truth.target_stride[2] + (first + c) * ground_truth.target_stride[3]] = staged[c][r];
+    }
+    __syncthreads();  // the tile is reused by the next chunk
   }
 }
 
