@@ -79,7 +79,7 @@ if has profile; then
     | sed -E 's/.*seer::gpu::([a-z_]+_kernel).*/\1/; s/.*gpu__time_duration.sum +//' | paste - - | tail -40
   # Where the TopK selection kernel and the key projection spend their time (one launch each).
   timeout 200 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis -k regex:'block_selection|project_features' --launch-skip 8 --launch-count 2 \
+    --section MemoryWorkloadAnalysis -k regex:'block_selection|project_features' --launch-skip 10 --launch-count 3 \
     $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu_sections.log" 2>&1
   echo "ncu sections: rc=$?"
   grep -E 'block_selection|project_features|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Registers|Block Limit' \
