@@ -42,9 +42,16 @@ inline DeviceLimits device_limits() {
   gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
   gpu::vendor::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
                      "cudaDeviceGetAttribute(MultiProcessorCount)");
+  int shared_bytes = 0, warp_size = 0;
+  gpu::vendor::check(cudaDeviceGetAttribute(&shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                     "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  gpu::vendor::check(cudaDeviceGetAttribute(&warp_size, cudaDevAttrWarpSize, device),
+                     "cudaDeviceGetAttribute(WarpSize)");
   DeviceLimits limits;
   limits.multiprocessors = multiprocessors;
   limits.logit_shared_bytes = 64 * 1024;
+  limits.shared_bytes_per_block = shared_bytes;
+  limits.warp_size = warp_size;
   return limits;
 }
 

@@ -57,7 +57,9 @@ namespace seer::gpu {
 // What the launch configuration depends on; each backend reads it off its device.
 struct DeviceLimits {
   int multiprocessors = 1;
-  std::int64_t logit_shared_bytes = 16 * 1024;  // shared memory a selection CTA may spend on logits
+  std::int64_t logit_shared_bytes = 16 * 1024;      // shared memory a selection CTA may spend on logits
+  std::int64_t shared_bytes_per_block = 48 * 1024;  // the most dynamic shared memory one CTA may have
+  int warp_size = 32;                               // lanes per warp (64 on AMD CDNA)
 };
 
 // The gate's weights and RoPE frequencies in device memory, uploaded once from a LearnedGate.
@@ -195,6 +197,21 @@ class GateSelectionPlan {
     logits_in_shared_ = rows_per_item_ >= 4;
     if (!logits_in_shared_) rows_per_item_ = kSelectionMaxRows;
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;
+    require(limits.warp_size == 32 || limits.warp_size == 64, "limits.warp_size", "is ", limits.warp_size,
+            ", expected 32 or 64");
+    warps_ = kGateThreads / limits.warp_size;
+    // Stay inside the device's shared memory per CTA (64 KiB on AMD GPUs): a narrower key tile first,
+    // then fewer rows of shared logits, then the workspace slices.
+    if (selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) key_tile_ = 32;
+    while (logits_in_shared_ && selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) {
+      if (--rows_per_item_ < 4) {
+        logits_in_shared_ = false;
+        rows_per_item_ = kSelectionMaxRows;
+      }
+    }
+    require(selection_shared_bytes_for(kRadixBins * 12) <= limits.shared_bytes_per_block, "gate", "hidden size ", dim_,
+            " needs ", selection_shared_bytes_for(kRadixBins * 12),
+            " bytes of shared memory per selection CTA, the device offers ", limits.shared_bytes_per_block);
     item_tiles_ = (max_query_blocks_ + rows_per_item_ - 1) / rows_per_item_;
     items_ = batch_ * heads_ * item_tiles_;
     grid_ = logits_in_shared_ ? items_ : std::min<std::int64_t>(items_, 2 * limits.multiprocessors);
@@ -256,10 +273,7 @@ class GateSelectionPlan {
 
   template <class Policy>
   int selection_shared_bytes() const {
-    const std::int64_t tiles = (kSelectionMaxRows * dim_ + key_tile_ * (dim_ + 4)) * 4;
-    const std::int64_t scratch = (kGateThreads / 32) * detail::kSelectionWarpScratchBytes<Policy>;
-    const std::int64_t logits = logits_in_shared_ ? rows_per_item_ * row_stride_ * 4 : 0;
-    return static_cast<int>(tiles + scratch + logits);
+    return static_cast<int>(selection_shared_bytes_for(detail::kSelectionWarpScratchBytes<Policy>));
   }
   std::int64_t grid() const { return grid_; }
   std::int64_t items() const { return items_; }
@@ -275,6 +289,14 @@ class GateSelectionPlan {
   }
 
  private:
+  // Dynamic shared memory of a selection CTA (block_selection_kernel's layout): the query rows, one key
+  // tile, each warp's radix scratch, and the logits when they are kept in shared memory.
+  std::int64_t selection_shared_bytes_for(std::int64_t warp_scratch_bytes) const {
+    const std::int64_t tiles = (kSelectionMaxRows * dim_ + key_tile_ * (dim_ + 4)) * 4;
+    const std::int64_t logits = logits_in_shared_ ? rows_per_item_ * row_stride_ * 4 : 0;
+    return tiles + warps_ * warp_scratch_bytes + logits;
+  }
+
   template <class Value>
   static Value* at(const GateWorkspace& workspace, std::int64_t offset) {
     return reinterpret_cast<Value*>(static_cast<unsigned char*>(workspace.data) + offset);
@@ -287,6 +309,7 @@ class GateSelectionPlan {
   std::int64_t row_stride_ = 0, rows_per_item_ = 1, item_tiles_ = 0, items_ = 0, grid_ = 0;
   bool logits_in_shared_ = true;
   int key_tile_ = 32;
+  std::int64_t warps_ = kGateThreads / 32;
   std::int64_t workspace_bytes_ = 0;
   std::int64_t pooled_query_at_ = 0, pooled_key_at_ = 0, query_features_at_ = 0, key_features_at_ = 0,
                tile_totals_at_ = 0, global_logits_at_ = 0;

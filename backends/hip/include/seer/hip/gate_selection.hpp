@@ -44,9 +44,16 @@ inline DeviceLimits device_limits() {
   gpu::vendor::check(hipGetDevice(&device), "hipGetDevice");
   gpu::vendor::check(hipDeviceGetAttribute(&multiprocessors, hipDeviceAttributeMultiprocessorCount, device),
                      "hipDeviceGetAttribute(MultiprocessorCount)");
+  int shared_bytes = 0, warp_size = 0;
+  gpu::vendor::check(hipDeviceGetAttribute(&shared_bytes, hipDeviceAttributeMaxSharedMemoryPerBlock, device),
+                     "hipDeviceGetAttribute(MaxSharedMemoryPerBlock)");
+  gpu::vendor::check(hipDeviceGetAttribute(&warp_size, hipDeviceAttributeWarpSize, device),
+                     "hipDeviceGetAttribute(WarpSize)");
   DeviceLimits limits;
   limits.multiprocessors = multiprocessors;
   limits.logit_shared_bytes = 16 * 1024;
+  limits.shared_bytes_per_block = shared_bytes;
+  limits.warp_size = warp_size;  // 64 on CDNA: 4 warps per selection CTA, less radix scratch
   return limits;
 }
 
