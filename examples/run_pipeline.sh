@@ -5,7 +5,8 @@
 #
 # Installs missing build tools (apt-get), builds the examples in build/pipeline (Release, tuned for
 # this CPU), and runs examples/prefill_pipeline.cpp on gutenberg-byte-llama-8k over the start of a
-# held-out book. When an NVIDIA GPU and nvcc are present, the CUDA pipeline runs as well.
+# held-out book, then examples/sparse_decode_generation.cpp (sparse decoding against dense decoding).
+# When an NVIDIA GPU and nvcc are present, the CUDA pipeline runs as well.
 # Environment: SEER_MODEL (checkpoint directory), SEER_TEXT (text file), SEER_JOBS (build jobs).
 set -euo pipefail
 
@@ -45,6 +46,11 @@ cmake --build build/pipeline -j "${SEER_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 echo
 build/pipeline/examples/prefill_pipeline --model "$model" --text "$text" --tokens 8192 \
   --gates bench/gate_quality/learned_gates.safetensors "$@"
+echo
+# Sparse decoding (SeerAttention-R): the engine decodes 3072 bytes of the book's held-out half one byte at a
+# time with the distilled decode gates, next to dense decoding (about a minute on two cores).
+build/pipeline/examples/sparse_decode_generation --model "$model" --text "$text" --tokens 4096 --prompt 1024 \
+  --budget 512 --generate 160 --gates bench/gate_quality/decode_gates.safetensors
 if [[ "$cuda" == "ON" && -x build/pipeline/examples/gpu/prefill_pipeline_cuda ]]; then
   echo
   build/pipeline/examples/gpu/prefill_pipeline_cuda --model "$model" --text "$text" --tokens 8192 "$@"
