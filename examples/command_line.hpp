@@ -4,6 +4,7 @@
 //   engine::CommandLine args(argc, argv, "usage: program [--model DIR] [--tokens N]");
 //   const std::string model = args.text("--model", "default/dir");
 //   const std::int64_t tokens = args.integer("--tokens", 4096);
+//   const bool plot_only = args.flag("--plot-only");   // a switch: given without a value
 //   args.finish();  // rejects flags that were given but never read
 #pragma once
 
@@ -22,8 +23,9 @@ class CommandLine {
   CommandLine(int argc, char** argv, std::string usage) : usage_(std::move(usage)) {
     for (int i = 1; i < argc; ++i) {
       const std::string flag = argv[i];
-      if (flag.rfind("--", 0) != 0 || i + 1 >= argc) fail(flag + (i + 1 >= argc ? " needs a value" : " is not a flag"));
-      values_[flag] = argv[++i];
+      if (flag.rfind("--", 0) != 0) fail(flag + " is not a flag");
+      const bool has_value = i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0;
+      values_[flag] = has_value ? std::optional<std::string>(argv[++i]) : std::nullopt;
     }
   }
 
@@ -50,7 +52,14 @@ class CommandLine {
     if (*value != "true" && *value != "false") fail(flag + " needs true or false, got '" + *value + "'");
     return *value == "true";
   }
-  bool given(const std::string& flag) const { return values_.count(flag) != 0; }
+  // A switch: true when given (without a value).
+  bool flag(const std::string& name) {
+    read_[name] = true;
+    const auto it = values_.find(name);
+    if (it == values_.end()) return false;
+    if (it->second) fail(name + " takes no value");
+    return true;
+  }
 
   // Every flag given must have been read by now.
   void finish() const {
@@ -63,6 +72,7 @@ class CommandLine {
     read_[flag] = true;
     const auto it = values_.find(flag);
     if (it == values_.end()) return std::nullopt;
+    if (!it->second) fail(flag + " needs a value");
     return it->second;
   }
   [[noreturn]] void fail(const std::string& why) const {
@@ -71,7 +81,7 @@ class CommandLine {
   }
 
   std::string usage_;
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::optional<std::string>> values_;  // nullopt: given without a value
   std::map<std::string, bool> read_;
 };
 

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "llama_engine.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
 #include "seer/gate/decode_gate.hpp"
@@ -56,54 +57,29 @@ struct Options {
   std::string out = "bench/gate_quality/decode_gates.safetensors";
 };
 
-[[noreturn]] void usage() {
-  std::fprintf(stderr,
-               "usage: distill_decode_gates [--model DIR] [--text-dir DIR] [--books a.txt,b.txt]\n"
-               "                            [--windows-per-book N] [--tokens N] [--steps N] [--batch N]\n"
-               "                            [--learning-rate X] [--warmup N] [--q-head-pooling Qproj|Qavgproj|Qavg]\n"
-               "                            [--qk-norm true|false] [--seed N] [--threads N] [--out FILE]\n");
-  std::exit(2);
-}
-
 Options parse_options(int argc, char** argv) {
+  engine::CommandLine args(
+      argc, argv,
+      "usage: distill_decode_gates [--model DIR] [--text-dir DIR] [--books a.txt,b.txt]\n"
+      "                            [--windows-per-book N] [--tokens N] [--steps N] [--batch N]\n"
+      "                            [--learning-rate X] [--warmup N] [--q-head-pooling Qproj|Qavgproj|Qavg]\n"
+      "                            [--qk-norm true|false] [--seed N] [--threads N] [--out FILE]");
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) usage();
-    const std::string value = argv[++i];
-    if (flag == "--model") {
-      o.model = value;
-    } else if (flag == "--text-dir") {
-      o.text_dir = value;
-    } else if (flag == "--books") {
-      o.books = value;
-    } else if (flag == "--windows-per-book") {
-      o.windows_per_book = std::atoll(value.c_str());
-    } else if (flag == "--tokens") {
-      o.tokens = std::atoll(value.c_str());
-    } else if (flag == "--steps") {
-      o.steps = std::atoll(value.c_str());
-    } else if (flag == "--batch") {
-      o.batch = std::atoll(value.c_str());
-    } else if (flag == "--learning-rate") {
-      o.learning_rate = std::atof(value.c_str());
-    } else if (flag == "--warmup") {
-      o.warmup = std::atoll(value.c_str());
-    } else if (flag == "--q-head-pooling") {
-      o.q_head_pooling = value;
-    } else if (flag == "--qk-norm") {
-      if (value != "true" && value != "false") usage();
-      o.qk_norm = value == "true";
-    } else if (flag == "--seed") {
-      o.seed = static_cast<unsigned>(std::atoll(value.c_str()));
-    } else if (flag == "--threads") {
-      o.threads = std::atoi(value.c_str());
-    } else if (flag == "--out") {
-      o.out = value;
-    } else {
-      usage();
-    }
-  }
+  o.model = args.text("--model", o.model);
+  o.text_dir = args.text("--text-dir", o.text_dir);
+  o.books = args.text("--books", o.books);
+  o.windows_per_book = args.integer("--windows-per-book", o.windows_per_book);
+  o.tokens = args.integer("--tokens", o.tokens);
+  o.steps = args.integer("--steps", o.steps);
+  o.batch = args.integer("--batch", o.batch);
+  o.learning_rate = args.real("--learning-rate", o.learning_rate);
+  o.warmup = args.integer("--warmup", o.warmup);
+  o.q_head_pooling = args.text("--q-head-pooling", o.q_head_pooling);
+  o.qk_norm = args.boolean("--qk-norm", o.qk_norm);
+  o.seed = static_cast<unsigned>(args.integer("--seed", o.seed));
+  o.threads = static_cast<int>(args.integer("--threads", o.threads));
+  o.out = args.text("--out", o.out);
+  args.finish();
   seer::require(o.windows_per_book >= 1, "--windows-per-book", "is ", o.windows_per_book, ", expected >= 1");
   seer::require(o.tokens >= 128, "--tokens", "is ", o.tokens, ", expected >= 128");
   seer::require(o.steps > o.warmup, "--steps", "is ", o.steps, ", expected more than --warmup (", o.warmup, ")");

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "llama_engine.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
 #include "seer/gate/learned_gate.hpp"
@@ -60,46 +61,24 @@ struct Options {
   bool plot_only = false;  // redraw bpb_vs_density.svg from out_dir/results.csv
 };
 
-[[noreturn]] void usage() {
-  std::fprintf(stderr,
-               "usage: evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]\n"
-               "                      [--windows-per-book N] [--tokens N] [--densities 0.5,0.3,...] [--threads N]\n"
-               "                      [--out-dir DIR] [--plot-only]\n");
-  std::exit(2);
-}
-
 Options parse_options(int argc, char** argv) {
+  engine::CommandLine args(
+      argc, argv,
+      "usage: evaluate_gates [--model DIR] [--gates FILE] [--text-dir DIR] [--books a.txt,b.txt]\n"
+      "                      [--windows-per-book N] [--tokens N] [--densities 0.5,0.3,...] [--threads N]\n"
+      "                      [--out-dir DIR] [--plot-only]");
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--plot-only") {
-      o.plot_only = true;
-      continue;
-    }
-    if (i + 1 >= argc) usage();
-    const std::string value = argv[++i];
-    if (flag == "--model") {
-      o.model = value;
-    } else if (flag == "--gates") {
-      o.gates = value;
-    } else if (flag == "--text-dir") {
-      o.text_dir = value;
-    } else if (flag == "--books") {
-      o.books = value;
-    } else if (flag == "--windows-per-book") {
-      o.windows_per_book = std::atoll(value.c_str());
-    } else if (flag == "--tokens") {
-      o.tokens = std::atoll(value.c_str());
-    } else if (flag == "--densities") {
-      o.densities = value;
-    } else if (flag == "--threads") {
-      o.threads = std::atoi(value.c_str());
-    } else if (flag == "--out-dir") {
-      o.out_dir = value;
-    } else {
-      usage();
-    }
-  }
+  o.model = args.text("--model", o.model);
+  o.gates = args.text("--gates", o.gates);
+  o.text_dir = args.text("--text-dir", o.text_dir);
+  o.books = args.text("--books", o.books);
+  o.windows_per_book = args.integer("--windows-per-book", o.windows_per_book);
+  o.tokens = args.integer("--tokens", o.tokens);
+  o.densities = args.text("--densities", o.densities);
+  o.threads = static_cast<int>(args.integer("--threads", o.threads));
+  o.out_dir = args.text("--out-dir", o.out_dir);
+  o.plot_only = args.flag("--plot-only");
+  args.finish();
   seer::require(o.windows_per_book >= 1, "--windows-per-book", "is ", o.windows_per_book, ", expected >= 1");
   seer::require(o.tokens >= 64, "--tokens", "is ", o.tokens, ", expected >= 64");
   return o;

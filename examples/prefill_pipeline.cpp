@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "command_line.hpp"
 #include "llama_engine.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
 #include "seer/gate/learned_gate.hpp"
@@ -41,36 +42,19 @@ struct Options {
 };
 
 Options parse_options(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", flag.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (flag == "--model") {
-      options.model = value();
-    } else if (flag == "--text") {
-      options.text = value();
-    } else if (flag == "--gates") {
-      options.gates = value();
-    } else if (flag == "--tokens") {
-      options.tokens = std::atoll(value().c_str());
-    } else if (flag == "--density") {
-      options.density = std::atof(value().c_str());
-    } else if (flag == "--threads") {
-      options.threads = std::atoi(value().c_str());
-    } else {
-      std::fprintf(stderr,
-                   "usage: prefill_pipeline [--model DIR] [--text FILE] [--gates FILE] [--tokens N] [--density D] "
-                   "[--threads T]\n");
-      std::exit(2);
-    }
-  }
-  return options;
+  engine::CommandLine args(
+      argc, argv,
+      "usage: prefill_pipeline [--model DIR] [--text FILE] [--gates FILE] [--tokens N] [--density D] "
+      "[--threads T]");
+  Options o;
+  o.model = args.text("--model", o.model);
+  o.text = args.text("--text", o.text);
+  o.gates = args.text("--gates", o.gates);
+  o.tokens = args.integer("--tokens", o.tokens);
+  o.density = args.real("--density", o.density);
+  o.threads = static_cast<int>(args.integer("--threads", o.threads));
+  args.finish();
+  return o;
 }
 
 double milliseconds_since(std::chrono::steady_clock::time_point start) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../command_line.hpp"
 #include "../llama_engine.hpp"
 #include "../text_windows.hpp"
 #include "cuda_layer_attention.hpp"
@@ -33,31 +34,18 @@ struct Options {
 };
 
 Options parse_options(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") {
-      options.model = value;
-    } else if (flag == "--text") {
-      options.text = value;
-    } else if (flag == "--gates") {
-      options.gates = value;
-    } else if (flag == "--tokens") {
-      options.tokens = std::atoll(value.c_str());
-    } else if (flag == "--density") {
-      options.density = std::atof(value.c_str());
-    } else if (flag != "--threads") {
-      std::fprintf(stderr,
-                   "usage: prefill_pipeline_cuda [--model DIR] [--text FILE] [--gates FILE] [--tokens N] "
-                   "[--density D]\n");
-      std::exit(2);
-    }
-  }
-  if (argc % 2 == 0) {
-    std::fprintf(stderr, "%s needs a value\n", argv[argc - 1]);
-    std::exit(2);
-  }
-  return options;
+  engine::CommandLine args(argc, argv,
+                           "usage: prefill_pipeline_cuda [--model DIR] [--text FILE] [--gates FILE] [--tokens N] "
+                           "[--density D]");
+  Options o;
+  o.model = args.text("--model", o.model);
+  o.text = args.text("--text", o.text);
+  o.gates = args.text("--gates", o.gates);
+  o.tokens = args.integer("--tokens", o.tokens);
+  o.density = args.real("--density", o.density);
+  args.integer("--threads", 0);  // accepted for the CPU pipeline's flags (run_pipeline.sh passes both the same)
+  args.finish();
+  return o;
 }
 
 // Largest absolute difference and ||a - b|| / ||b||; NaN anywhere (an unwritten output) gives NaN.
