@@ -21,6 +21,7 @@
 #include "seer/io/gate_weights.hpp"
 #include "seer/io/model_config.hpp"
 #include "seer/io/safetensors.hpp"
+#include "seer/training/gate_file_metadata.hpp"
 
 namespace seer::training {
 
@@ -60,10 +61,8 @@ inline void write_decode_gate_file(const std::string& path, const std::vector<De
   metadata["hidden_size"] = std::to_string(c.hidden_size);
   metadata["use_qk_norm"] = c.use_qk_norm ? "true" : "false";
   metadata["use_rope"] = c.use_rope ? "true" : "false";
-  metadata["num_layers"] = std::to_string(gates.size());
-  metadata["num_q_heads"] = std::to_string(first.num_q_heads());
-  metadata["num_kv_heads"] = std::to_string(first.num_kv_heads());
-  metadata["head_dim"] = std::to_string(first.head_dim());
+  GateFileMetadata::add_model_shape(metadata, gates.size(), first.num_q_heads(), first.num_kv_heads(),
+                                    first.head_dim());
   io::write_safetensors(path, tensors, metadata);
 }
 
@@ -76,47 +75,16 @@ struct DecodeGateFile {
 inline DecodeGateFile read_decode_gate_file(const std::string& path, const io::ModelConfig& model) {
   const auto file = io::SafetensorsFile::open(path);
   const auto& metadata = file.metadata();
-  auto entry = [&](const char* key) {
-    const auto it = metadata.find(key);
-    if (it == metadata.end()) throw FormatError(path, std::string("metadata has no \"") + key + "\" entry");
-    return it->second;
-  };
-  auto integer = [&](const char* key) {
-    const std::string text = entry(key);
-    std::size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != text.size() || text.empty())
-      throw FormatError(path, std::string("metadata \"") + key + "\" is \"" + text + "\", expected an integer");
-    return static_cast<std::int64_t>(value);
-  };
-  auto boolean = [&](const char* key) {
-    const std::string text = entry(key);
-    if (text != "true" && text != "false")
-      throw FormatError(path, std::string("metadata \"") + key + "\" is \"" + text + "\", expected true or false");
-    return text == "true";
-  };
-  if (entry("format") != "seer-decode-gates/1")
-    throw FormatError(path, "metadata format is \"" + entry("format") + "\", expected seer-decode-gates/1");
+  const GateFileMetadata read(path, metadata);
+  read.expect_format("seer-decode-gates/1");
   io::ModelConfig described = model;
-  described.seer.q_head_pooling_type = entry("q_head_pooling_type");
+  described.seer.q_head_pooling_type = read.text("q_head_pooling_type");
   described.seer.k_seq_pooling_type = "Kmaxminavg";
-  described.seer.gate_block_size = integer("block_size");
-  described.seer.gate_hidden_size = integer("hidden_size");
-  described.seer.use_qk_norm = boolean("use_qk_norm");
-  described.seer.use_rope = boolean("use_rope");
-  const std::int64_t layers = integer("num_layers");
-  if (layers != model.num_layers || integer("num_q_heads") != model.num_q_heads ||
-      integer("num_kv_heads") != model.num_kv_heads || integer("head_dim") != model.head_dim)
-    throw FormatError(path, "decode gates are for " + std::to_string(layers) + " layers, " + entry("num_q_heads") +
-                                "/" + entry("num_kv_heads") + " heads, head dim " + entry("head_dim") +
-                                "; the model has " + std::to_string(model.num_layers) + " layers, " +
-                                std::to_string(model.num_q_heads) + "/" + std::to_string(model.num_kv_heads) +
-                                " heads, head dim " + std::to_string(model.head_dim));
+  described.seer.gate_block_size = read.integer("block_size");
+  described.seer.gate_hidden_size = read.integer("hidden_size");
+  described.seer.use_qk_norm = read.boolean("use_qk_norm");
+  described.seer.use_rope = read.boolean("use_rope");
+  read.expect_model_shape(model, "decode gates");
   DecodeGateFile result;
   result.metadata = metadata;
   result.gates = io::load_decode_gates(io::GateWeightFile(file), described);

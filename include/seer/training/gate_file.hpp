@@ -22,6 +22,7 @@
 #include "seer/io/gate_weights.hpp"
 #include "seer/io/model_config.hpp"
 #include "seer/io/safetensors.hpp"
+#include "seer/training/gate_file_metadata.hpp"
 
 namespace seer::training {
 
@@ -57,10 +58,8 @@ inline void write_gate_file(const std::string& path, const std::vector<LearnedGa
   metadata["block_size"] = std::to_string(first.config().block_size);
   metadata["hidden_size"] = std::to_string(first.config().hidden_size);
   metadata["force_double"] = first.config().force_double ? "true" : "false";
-  metadata["num_layers"] = std::to_string(gates.size());
-  metadata["num_q_heads"] = std::to_string(first.num_q_heads());
-  metadata["num_kv_heads"] = std::to_string(first.num_kv_heads());
-  metadata["head_dim"] = std::to_string(first.head_dim());
+  GateFileMetadata::add_model_shape(metadata, gates.size(), first.num_q_heads(), first.num_kv_heads(),
+                                    first.head_dim());
   io::write_safetensors(path, tensors, metadata);
 }
 
@@ -73,40 +72,15 @@ struct GateFile {
 inline GateFile read_gate_file(const std::string& path, const io::ModelConfig& model) {
   const auto file = io::SafetensorsFile::open(path);
   const auto& metadata = file.metadata();
-  auto entry = [&](const char* key) {
-    const auto it = metadata.find(key);
-    if (it == metadata.end()) throw FormatError(path, std::string("metadata has no \"") + key + "\" entry");
-    return it->second;
-  };
-  auto integer = [&](const char* key) {
-    const std::string text = entry(key);
-    std::size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != text.size() || text.empty())
-      throw FormatError(path, std::string("metadata \"") + key + "\" is \"" + text + "\", expected an integer");
-    return static_cast<std::int64_t>(value);
-  };
-  if (entry("format") != "seer-learned-gates/1")
-    throw FormatError(path, "metadata format is \"" + entry("format") + "\", expected seer-learned-gates/1");
+  const GateFileMetadata read(path, metadata);
+  read.expect_format("seer-learned-gates/1");
   // The file's gate settings stand in for the seerattn_* keys; heads, head dim and RoPE are the model's.
   io::ModelConfig described = model;
-  described.seer.gate_type = entry("gate_type");
-  described.seer.gate_block_size = integer("block_size");
-  described.seer.gate_hidden_size = integer("hidden_size");
-  described.seer.gate_force_double = entry("force_double") == "true";
-  const std::int64_t layers = integer("num_layers");
-  if (layers != model.num_layers || integer("num_q_heads") != model.num_q_heads ||
-      integer("num_kv_heads") != model.num_kv_heads || integer("head_dim") != model.head_dim)
-    throw FormatError(path, "gates are for " + std::to_string(layers) + " layers, " + entry("num_q_heads") + "/" +
-                                entry("num_kv_heads") + " heads, head dim " + entry("head_dim") + "; the model has " +
-                                std::to_string(model.num_layers) + " layers, " + std::to_string(model.num_q_heads) +
-                                "/" + std::to_string(model.num_kv_heads) + " heads, head dim " +
-                                std::to_string(model.head_dim));
+  described.seer.gate_type = read.text("gate_type");
+  described.seer.gate_block_size = read.integer("block_size");
+  described.seer.gate_hidden_size = read.integer("hidden_size");
+  described.seer.gate_force_double = read.text("force_double") == "true";
+  read.expect_model_shape(model, "gates");
   GateFile result;
   result.metadata = metadata;
   result.gates = io::load_prefill_gates(io::GateWeightFile(file), described);
