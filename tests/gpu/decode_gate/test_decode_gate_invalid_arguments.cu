@@ -100,7 +100,9 @@ TEST_CASE("decode gate validation: selection arguments are named") {
     return;
   }
   decode_gate_test::ValidationFixture f;
+  f.compress();  // so that the accepted call scores written rows
   CHECK(rejected_argument([&] { f.select(TokenBudget{256}); }) == "(accepted)");
+  CHECK(rejected_argument([&] { f.select(DecodeThreshold{0.01}); }) == "(accepted)");
   CHECK(rejected_argument([&] { f.select(TokenBudget{-1}); }) == "policy.tokens");
   CHECK(rejected_argument([&] { f.select(DecodeThreshold{1.5}); }) == "policy.tau");
   {
