@@ -16,7 +16,9 @@
 //
 //   distill_gates [--model DIR] [--text-dir DIR] [--books a.txt,b.txt] [--windows-per-book N]
 //                 [--tokens N] [--steps N] [--batch N] [--learning-rate X] [--warmup N] [--seed N]
-//                 [--threads N] [--out FILE]
+//                 [--threads N] [--out FILE] [--target max|mass]
+// --target picks the ground truth's block pooling: max (the paper's §4.1, the default) or mass
+// (cpu/ground_truth.hpp: the mean attention mass of the block, what TopK's error depends on).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -50,6 +52,7 @@ struct Options {
   unsigned seed = 1234;
   int threads = 0;
   std::string out = "bench/gate_quality/learned_gates.safetensors";
+  std::string target = "max";  // ground-truth pooling: max (SeerAttention §4.1) or mass
 };
 
 Options parse_options(int argc, char** argv) {
@@ -57,7 +60,7 @@ Options parse_options(int argc, char** argv) {
       argc, argv,
       "usage: distill_gates [--model DIR] [--text-dir DIR] [--books a.txt,b.txt] [--windows-per-book N]\n"
       "                     [--tokens N] [--steps N] [--batch N] [--learning-rate X] [--warmup N]\n"
-      "                     [--seed N] [--threads N] [--out FILE]");
+      "                     [--seed N] [--threads N] [--out FILE] [--target max|mass]");
   Options o;
   o.model = args.text("--model", o.model);
   o.text_dir = args.text("--text-dir", o.text_dir);
@@ -71,7 +74,9 @@ Options parse_options(int argc, char** argv) {
   o.seed = static_cast<unsigned>(args.integer("--seed", o.seed));
   o.threads = static_cast<int>(args.integer("--threads", o.threads));
   o.out = args.text("--out", o.out);
+  o.target = args.text("--target", o.target);
   args.finish();
+  seer::require(o.target == "max" || o.target == "mass", "--target", "is ", o.target, ", expected max or mass");
   seer::require(o.windows_per_book >= 1, "--windows-per-book", "is ", o.windows_per_book, ", expected >= 1");
   seer::require(o.tokens >= 64, "--tokens", "is ", o.tokens, ", expected >= 64");
   seer::require(o.steps > o.warmup, "--steps", "is ", o.steps, ", expected more than --warmup (", o.warmup, ")");
@@ -135,9 +140,10 @@ int main(int argc, char** argv) {
       const auto logits = model.forward(tokens, [&](const engine::LayerAttention& call) {
         seer::cpu::block_sparse_attention(call.q, call.k, call.v, nullptr, seer::AttentionOptions{}, call.out,
                                           seer::TensorView<float, 2>{}, options.threads);
-        auto layer_examples =
-            seer::training::make_distillation_examples(gates[call.layer], call.q_before_rope, call.k_before_rope,
-                                                       call.q, call.k, seer::AttentionOptions{}, options.threads);
+        auto layer_examples = seer::training::make_distillation_examples(
+            gates[call.layer], call.q_before_rope, call.k_before_rope, call.q, call.k, seer::AttentionOptions{},
+            options.threads,
+            options.target == "mass" ? seer::cpu::BlockTargetPooling::mass : seer::cpu::BlockTargetPooling::max);
         examples[w].push_back(std::move(layer_examples.front()));
       });
       dense_bits[w] = engine::LlamaModel::bits_per_token(logits, tokens);
@@ -230,6 +236,7 @@ int main(int argc, char** argv) {
     metadata["learning_rate"] = text;
     metadata["schedule"] = "cosine, warmup " + std::to_string(options.warmup) + ", AdamW weight decay 0";
     metadata["loss"] = "KL(ground truth || gate) x 10, torch KLDivLoss mean, first quarter of rows dropped";
+    metadata["target_pooling"] = options.target;
     std::snprintf(text, sizeof(text), "%.4f -> %.4f", initial_validation, final_validation);
     metadata["validation_loss"] = text;
     metadata["init"] = "normal(0, 0.02), seed " + std::to_string(options.seed);

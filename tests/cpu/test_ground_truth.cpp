@@ -137,37 +137,62 @@ std::vector<TruthCase> truth_cases() {
 
 }  // namespace
 
-TEST_CASE("two-dimensional ground truth equals its definition and its rows sum to 1") {
+TEST_CASE("two-dimensional ground truth equals its definition and its rows sum to 1, max and mass pooling") {
+  using seer::cpu::BlockTargetPooling;
   std::mt19937 rng(31);
-  for (const auto& test : truth_cases()) {
-    CAPTURE(test.name);
-    auto c = make_inputs<seer::bfloat16>(test.shape, rng);
-    AttentionOptions options;
-    options.causal = test.causal;
-    const auto truth = seer::cpu::two_dimensional_ground_truth(c.q_view(), c.k_view(), options, test.block_size, 2);
-    const auto probabilities = brute_force_probabilities(c, options);
-    const std::int64_t block = test.block_size;
-    for (std::int64_t b = 0; b < c.q.batch; ++b) {
-      const BlockGeometry& geometry = truth.sequences[b];
-      for (std::int64_t h = 0; h < c.q.heads; ++h)
-        for (std::int64_t m = 0; m < geometry.query_blocks(); ++m) {
-          const std::int64_t r = truth.row_index(b, h, m);
-          REQUIRE(truth.rows.size(r) == geometry.visible_key_blocks(m));
-          std::vector<double> raw(static_cast<std::size_t>(geometry.visible_key_blocks(m)), 0.0);
-          for (std::int64_t i = geometry.first_row(m); i <= geometry.last_row(m); ++i)
-            for (std::int64_t j = 0; j < geometry.k_len; ++j)
-              if (j / block < static_cast<std::int64_t>(raw.size()))
-                raw[j / block] = std::max(raw[j / block], probabilities[b][h][i][j]);
-          const double total = std::accumulate(raw.begin(), raw.end(), 0.0);
-          double row_sum = 0.0;
-          for (std::size_t n = 0; n < raw.size(); ++n) {
-            CHECK(truth.rows.row(r)[n] == doctest::Approx(raw[n] / total).epsilon(1e-12));
-            row_sum += truth.rows.row(r)[n];
+  for (const auto pooling : {BlockTargetPooling::max, BlockTargetPooling::mass}) {
+    CAPTURE(static_cast<int>(pooling));
+    for (const auto& test : truth_cases()) {
+      CAPTURE(test.name);
+      auto c = make_inputs<seer::bfloat16>(test.shape, rng);
+      AttentionOptions options;
+      options.causal = test.causal;
+      const auto truth =
+          seer::cpu::two_dimensional_ground_truth(c.q_view(), c.k_view(), options, test.block_size, 2, pooling);
+      const auto probabilities = brute_force_probabilities(c, options);
+      const std::int64_t block = test.block_size;
+      for (std::int64_t b = 0; b < c.q.batch; ++b) {
+        const BlockGeometry& geometry = truth.sequences[b];
+        for (std::int64_t h = 0; h < c.q.heads; ++h)
+          for (std::int64_t m = 0; m < geometry.query_blocks(); ++m) {
+            const std::int64_t r = truth.row_index(b, h, m);
+            REQUIRE(truth.rows.size(r) == geometry.visible_key_blocks(m));
+            std::vector<double> raw(static_cast<std::size_t>(geometry.visible_key_blocks(m)), 0.0);
+            for (std::int64_t i = geometry.first_row(m); i <= geometry.last_row(m); ++i)
+              for (std::int64_t j = 0; j < geometry.k_len; ++j)
+                if (j / block < static_cast<std::int64_t>(raw.size()))
+                  raw[j / block] = pooling == BlockTargetPooling::max
+                                       ? std::max(raw[j / block], probabilities[b][h][i][j])
+                                       : raw[j / block] + probabilities[b][h][i][j];
+            const double total = std::accumulate(raw.begin(), raw.end(), 0.0);
+            double row_sum = 0.0;
+            for (std::size_t n = 0; n < raw.size(); ++n) {
+              CHECK(truth.rows.row(r)[n] == doctest::Approx(raw[n] / total).epsilon(1e-12));
+              row_sum += truth.rows.row(r)[n];
+            }
+            if (!raw.empty()) CHECK(row_sum == doctest::Approx(1.0).epsilon(1e-12));
           }
-          if (!raw.empty()) CHECK(row_sum == doctest::Approx(1.0).epsilon(1e-12));
-        }
+      }
     }
   }
+}
+
+TEST_CASE("two-dimensional ground truth with mass pooling: a hand-checked case") {
+  // The case of "two-dimensional ground truth of a hand-checked case": query block 1 (rows 2, 3) puts
+  // mass (1/4 + 2/4) + (1/7 + 2/7) = 3/4 + 3/7 on key block 0 and 1/4 + (1/7 + 3/7) = 1/4 + 4/7 on key
+  // block 1; over the 2 rows: (33/56, 23/56).
+  AttentionInputs<double> c;
+  c.q = padded<double>(1, 4, 1, 1);
+  c.k = padded<double>(1, 4, 1, 1);
+  c.q.storage = {1, 1, 1, 1};
+  c.k.storage = {0, std::log(2.0), 0, std::log(3.0)};
+  AttentionOptions options;
+  options.softmax_scale = 1.0;
+  const auto truth = seer::cpu::two_dimensional_ground_truth(c.q_view(), c.k_view(), options, 2, 1,
+                                                             seer::cpu::BlockTargetPooling::mass);
+  CHECK(truth.row(0, 0, 0)[0] == doctest::Approx(1.0));
+  CHECK(truth.row(0, 0, 1)[0] == doctest::Approx(33.0 / 56.0));
+  CHECK(truth.row(0, 0, 1)[1] == doctest::Approx(23.0 / 56.0));
 }
 
 TEST_CASE("one-dimensional ground truth equals its definition") {

@@ -14,6 +14,13 @@
 // the visible key blocks [0, visible_key_blocks(m)), exactly the candidates a gate scores; a query
 // block none of whose rows sees a key has an empty row.
 //
+// Mass pooling (BlockTargetPooling::mass, a seer option, not in the paper). Instead of the largest
+// weight, the mean over the rows of block m of the attention mass that key block n receives:
+//     raw[n] = (1 / rows) sum_{i in block m} sum_{j in key block n, visible(i, j)} P_i[j],
+// already normalised (each row's weights sum to 1). Keeping the k blocks of largest mass keeps the
+// most attention, which is what a TopK selection's output error depends on; the max-pooled target
+// instead rewards blocks holding one sharp weight.
+//
 // One-dimensional ground truth (the decode gate's target, SeerAttention-R §4.2). For KV head c and
 // query token t at key position p = t + k_len - q_len (bottom-right aligned, so p = t when
 // q_len == k_len), over the complete key blocks strictly before the block holding p, n < p / B:
@@ -44,6 +51,12 @@
 #include "seer/core/sequence_batch.hpp"
 
 namespace seer::cpu {
+
+// How the 2-D ground truth pools a (query block, key block) tile of attention weights.
+enum class BlockTargetPooling {
+  max,   // SeerAttention §4.1: the largest weight in the tile
+  mass,  // the mean over the tile's rows of the weight mass in the tile
+};
 
 // Checks the arguments every ground-truth entry point takes (q [.., Hq, D], k [.., Hkv, D]).
 template <class T>
@@ -134,7 +147,8 @@ inline std::int64_t complete_blocks_before(const BlockGeometry& geometry, std::i
 template <class T>
 void two_dimensional_ground_truth_row(const SequenceBatch<const T>& q, const SequenceBatch<const T>& k,
                                       const BlockGeometry& geometry, double scale, std::int64_t b, std::int64_t h,
-                                      std::int64_t m, GroundTruthWorkspace& work, double* out) {
+                                      std::int64_t m, GroundTruthWorkspace& work, double* out,
+                                      BlockTargetPooling pooling = BlockTargetPooling::max) {
   const std::int64_t count = geometry.visible_key_blocks(m);
   if (count == 0) return;
   detail::query_block_probabilities(q, k, geometry, scale, b, h, m, work);
@@ -143,7 +157,7 @@ void two_dimensional_ground_truth_row(const SequenceBatch<const T>& q, const Seq
     const double* row = work.probabilities.data() + r * work.key_count;
     for (std::int64_t j = 0; j < work.key_count; ++j) {
       double& pooled = out[j / geometry.block_size];
-      pooled = std::max(pooled, row[j]);
+      pooled = pooling == BlockTargetPooling::max ? std::max(pooled, row[j]) : pooled + row[j];
     }
   }
   double total = 0.0;
@@ -209,7 +223,8 @@ struct OneDimensionalGroundTruth {
 template <class T>
 TwoDimensionalGroundTruth two_dimensional_ground_truth(SequenceBatch<const T> q, SequenceBatch<const T> k,
                                                        const AttentionOptions& options, std::int64_t block_size,
-                                                       int threads = 0) {
+                                                       int threads = 0,
+                                                       BlockTargetPooling pooling = BlockTargetPooling::max) {
   validate_ground_truth_inputs(q, k, options, block_size);
   TwoDimensionalGroundTruth result;
   result.sequences = sequence_geometries(q, k, block_size, options.causal);
@@ -228,8 +243,8 @@ TwoDimensionalGroundTruth two_dimensional_ground_truth(SequenceBatch<const T> q,
     GroundTruthWorkspace work;
     const BlockGeometry& geometry = result.sequences[b];
     for (std::int64_t m = 0; m < geometry.query_blocks(); ++m)
-      two_dimensional_ground_truth_row(q, k, geometry, scale, b, h, m, work,
-                                       result.rows.row(result.row_index(b, h, m)));
+      two_dimensional_ground_truth_row(q, k, geometry, scale, b, h, m, work, result.rows.row(result.row_index(b, h, m)),
+                                       pooling);
   });
   return result;
 }

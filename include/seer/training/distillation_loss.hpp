@@ -113,12 +113,10 @@ GatePooledInputs pool_gate_inputs(const LearnedGate& gate, SequenceBatch<const T
 // The examples of every sequence of a batch at one layer: pooled pre-RoPE inputs plus the ground
 // truth of the post-RoPE q and k (what the attention computes).
 template <class T>
-std::vector<DistillationExample> make_distillation_examples(const LearnedGate& gate,
-                                                            SequenceBatch<const T> q_before_rope,
-                                                            SequenceBatch<const T> k_before_rope,
-                                                            SequenceBatch<const T> q_after_rope,
-                                                            SequenceBatch<const T> k_after_rope,
-                                                            const AttentionOptions& options = {}, int threads = 0) {
+std::vector<DistillationExample> make_distillation_examples(
+    const LearnedGate& gate, SequenceBatch<const T> q_before_rope, SequenceBatch<const T> k_before_rope,
+    SequenceBatch<const T> q_after_rope, SequenceBatch<const T> k_after_rope, const AttentionOptions& options = {},
+    int threads = 0, cpu::BlockTargetPooling target_pooling = cpu::BlockTargetPooling::max) {
   require(q_after_rope.batch == q_before_rope.batch, "q_after_rope", "batch is ", q_after_rope.batch,
           ", expected q_before_rope's ", q_before_rope.batch);
   std::vector<DistillationExample> examples;
@@ -138,7 +136,7 @@ std::vector<DistillationExample> make_distillation_examples(const LearnedGate& g
       return single;
     };
     example.target = cpu::two_dimensional_ground_truth(one(q_after_rope), one(k_after_rope), options,
-                                                       gate.config().block_size, threads);
+                                                       gate.config().block_size, threads, target_pooling);
     examples.push_back(std::move(example));
   }
   return examples;
