@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "command_line.hpp"
+#include "distillation_loop.hpp"
 #include "llama_engine.hpp"
 #include "seer/cpu/block_sparse_attention.hpp"
 #include "seer/gate/decode_gate.hpp"
@@ -191,7 +192,6 @@ int main(int argc, char** argv) {
     const double precompute_seconds = precompute.seconds();
 
     // Phase 2: AdamW on every layer's gate tensors.
-    const seer::training::CosineSchedule schedule{options.learning_rate, options.warmup, options.steps};
     std::vector<GateOptimizer> optimizers;
     std::vector<seer::training::DecodeGateGradient> gradients;
     for (const auto& gate : gates) {
@@ -205,75 +205,32 @@ int main(int argc, char** argv) {
             gates[l], examples[w][l], loss_options, with_gradient ? &gradients[l] : nullptr, weight, options.threads);
       return loss;
     };
-    auto validation_loss = [&]() {
-      double loss = 0.0;
-      for (std::size_t w = train_count; w < windows.size(); ++w) loss += window_loss(w, false, 1.0);
-      return windows.size() > train_count ? loss / static_cast<double>(windows.size() - train_count) : 0.0;
-    };
-    const double initial_validation = validation_loss();
-    std::printf("\ntraining %lld steps, batch %lld windows, lr %.1e cosine, warmup %lld; validation loss %.4f\n",
-                static_cast<long long>(options.steps), static_cast<long long>(options.batch), options.learning_rate,
-                static_cast<long long>(options.warmup), initial_validation);
-    std::mt19937_64 random(options.seed + 1);
-    std::vector<std::size_t> order;
-    std::size_t cursor = 0;
-    engine::Stopwatch training;
-    double recent_loss = 0.0;
-    std::int64_t recent_steps = 0;
-    const std::int64_t report_every = std::max<std::int64_t>(1, std::min<std::int64_t>(10, options.steps / 20));
-    for (std::int64_t step = 0; step < options.steps; ++step) {
-      for (auto& g : gradients) g.set_zero();
-      double loss = 0.0;
-      for (std::int64_t i = 0; i < options.batch; ++i) {
-        if (cursor == order.size()) {  // a fresh shuffle every pass over the training windows
-          order.resize(train_count);
-          for (std::size_t w = 0; w < train_count; ++w) order[w] = w;
-          std::shuffle(order.begin(), order.end(), random);
-          cursor = 0;
-        }
-        loss += window_loss(order[cursor++], true, 1.0 / static_cast<double>(options.batch));
-      }
-      const double learning_rate = schedule.at(step);
-      for (std::size_t l = 0; l < gates.size(); ++l) optimizers[l].step(gates[l], gradients[l], learning_rate);
-      recent_loss += loss;
-      ++recent_steps;
-      if ((step + 1) % report_every == 0 || step + 1 == options.steps) {
-        const double elapsed = training.seconds();
-        // Tokens whose gate rows were trained (the second half of each window).
-        const double rate = static_cast<double>((step + 1) * options.batch * (options.tokens / 2)) / elapsed;
-        std::printf("step %4lld/%lld  loss %.4f  validation %.4f  lr %.2e  %.0f tokens/s  elapsed %s  left %s\n",
-                    static_cast<long long>(step + 1), static_cast<long long>(options.steps),
-                    recent_loss / static_cast<double>(recent_steps), validation_loss(), learning_rate, rate,
-                    engine::format_duration(elapsed).c_str(),
-                    engine::format_duration(elapsed / static_cast<double>(step + 1) *
-                                            static_cast<double>(options.steps - step - 1))
-                        .c_str());
-        std::fflush(stdout);
-        recent_loss = 0.0;
-        recent_steps = 0;
-      }
-    }
-    const double final_validation = validation_loss();
-
-    char text[64];
-    std::map<std::string, std::string> metadata;
-    metadata["model"] = "gutenberg-byte-llama-8k (" + options.model + ")";
-    metadata["training_text"] = "first half of " + options.books + ", " + std::to_string(train_count) + " windows of " +
-                                std::to_string(options.tokens) + " bytes";
-    metadata["training_steps"] = std::to_string(options.steps);
-    metadata["training_batch"] = std::to_string(options.batch);
-    std::snprintf(text, sizeof(text), "%.3g", options.learning_rate);
-    metadata["learning_rate"] = text;
-    metadata["schedule"] = "cosine, warmup " + std::to_string(options.warmup) + ", AdamW weight decay 0";
+    engine::DistillationRun run;
+    run.steps = options.steps;
+    run.batch = options.batch;
+    run.learning_rate = options.learning_rate;
+    run.warmup = options.warmup;
+    run.seed = options.seed;
+    run.training_windows = train_count;
+    run.windows = windows.size();
+    run.trained_tokens_per_window = static_cast<double>(options.tokens / 2);  // the second half of a window trains
+    const engine::DistillationResult trained = engine::run_distillation(
+        run, window_loss,
+        [&]() {
+          for (auto& g : gradients) g.set_zero();
+        },
+        [&](double learning_rate) {
+          for (std::size_t l = 0; l < gates.size(); ++l) optimizers[l].step(gates[l], gradients[l], learning_rate);
+        });
+    auto metadata = engine::distillation_metadata(run, trained, options.model, options.books, options.tokens);
     metadata["loss"] =
         "KL(1-D ground truth || gate) x 10, torch KLDivLoss mean, tokens [len/2, len), blocks j < t/64 scored";
-    std::snprintf(text, sizeof(text), "%.4f -> %.4f", initial_validation, final_validation);
-    metadata["validation_loss"] = text;
     metadata["init"] = "projections normal(0, 0.02), norm weights 1, seed " + std::to_string(options.seed);
     seer::training::write_decode_gate_file(options.out, gates, metadata);
     std::printf("\nvalidation loss %.4f -> %.4f; precompute %s, training %s; decode gates written to %s\n",
-                initial_validation, final_validation, engine::format_duration(precompute_seconds).c_str(),
-                engine::format_duration(training.seconds()).c_str(), options.out.c_str());
+                trained.initial_validation, trained.final_validation,
+                engine::format_duration(precompute_seconds).c_str(), engine::format_duration(trained.seconds).c_str(),
+                options.out.c_str());
   } catch (const seer::Error& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;
