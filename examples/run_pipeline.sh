@@ -48,7 +48,7 @@ build/pipeline/examples/prefill_pipeline --model "$model" --text "$text" --token
   --gates bench/gate_quality/learned_gates.safetensors "$@"
 echo
 # Sparse decoding (SeerAttention-R): the engine decodes 3072 bytes of the book's held-out half one byte at a
-# time with the distilled decode gates, next to dense decoding (about a minute on two cores).
+# time with the distilled decode gates, next to dense decoding (2-3 minutes on two cores).
 build/pipeline/examples/sparse_decode_generation --model "$model" --text "$text" --tokens 4096 --prompt 1024 \
   --budget 512 --generate 160 --gates bench/gate_quality/decode_gates.safetensors
 if [[ "$cuda" == "ON" && -x build/pipeline/examples/gpu/prefill_pipeline_cuda ]]; then
