@@ -21,6 +21,7 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/error.hpp"
 #include "seer/gate/learned_gate.hpp"
+#include "seer/gpu/device_upload.hpp"
 #include "seer/gpu/distillation_kernels.hpp"
 #include "seer/gpu/vendor.hpp"
 #include "seer/training/adam_w.hpp"
@@ -84,9 +85,7 @@ class DistillationPlan {
     for (std::int64_t n = 0; n < p.key_blocks; ++n) fill(n, n * geometry.block_size);
     for (std::int64_t r = 0; r < p.rows; ++r)
       fill(p.key_blocks + r, geometry.diagonal_offset() + geometry.first_row(p.first_row + r));
-    const std::size_t bytes = table.size() * sizeof(float);
-    rotation_ = static_cast<float*>(gpu::vendor::device_allocate(bytes > 0 ? bytes : 4, "cudaMalloc (RoPE tables)"));
-    if (bytes > 0) gpu::vendor::copy_to_device(rotation_, table.data(), bytes, "cudaMemcpy (RoPE tables)");
+    rotation_ = gpu::upload_to_device(table, "RoPE tables");
     p.key_rotation = rotation_;
     p.query_rotation = rotation_ + p.key_blocks * p.hidden;
   }

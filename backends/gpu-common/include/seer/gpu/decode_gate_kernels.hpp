@@ -62,6 +62,7 @@
 #include "seer/decode/decode_selection.hpp"
 #include "seer/decode/kv_cache.hpp"
 #include "seer/gate/decode_gate.hpp"
+#include "seer/gpu/device_upload.hpp"
 #include "seer/gpu/gate_features_kernel.hpp"
 #include "seer/gpu/vendor.hpp"
 
@@ -95,14 +96,15 @@ class DeviceDecodeGate {
             gate.query_input_width(), ", the GPU decode gate takes up to ", kDecodeGateMaxQueryInput);
     require(block_size_ <= 2147483647, "gate", "block size ", block_size_, " is too large");
     try {
-      key_projection_ = upload(gate.weights().k_projection);
-      if (pooling_ != QueryHeadPooling::average) query_projection_ = upload(gate.weights().q_projection);
+      key_projection_ = upload_to_device(gate.weights().k_projection, "DeviceDecodeGate");
+      if (pooling_ != QueryHeadPooling::average)
+        query_projection_ = upload_to_device(gate.weights().q_projection, "DeviceDecodeGate");
       if (use_qk_norm_) {
-        query_norm_ = upload(gate.weights().q_norm);
-        key_norm_ = upload(gate.weights().k_norm);
+        query_norm_ = upload_to_device(gate.weights().q_norm, "DeviceDecodeGate");
+        key_norm_ = upload_to_device(gate.weights().k_norm, "DeviceDecodeGate");
       }
       if (gate.rotary_embedding() != nullptr)
-        inverse_frequencies_ = upload(gate.rotary_embedding()->inverse_frequencies());
+        inverse_frequencies_ = upload_to_device(gate.rotary_embedding()->inverse_frequencies(), "DeviceDecodeGate");
       // A pageable upload may still be in flight when cudaMemcpy returns; callers' non-blocking streams
       // are not ordered after it, so wait here (once, at construction).
       vendor::synchronize(nullptr, "decode gate upload");
@@ -132,18 +134,6 @@ class DeviceDecodeGate {
   DeviceRope rope() const { return DeviceRope{inverse_frequencies_, hidden_size_ / 2, attention_factor_}; }
 
  private:
-  template <class Value>
-  static Value* upload(const std::vector<Value>& host) {
-    const std::size_t bytes = std::max<std::size_t>(1, host.size()) * sizeof(Value);
-    auto* device = static_cast<Value*>(vendor::device_allocate(bytes, "device allocation (DeviceDecodeGate)"));
-    try {
-      if (!host.empty()) vendor::copy_to_device(device, host.data(), host.size() * sizeof(Value), "decode gate upload");
-    } catch (...) {
-      vendor::device_release(device);
-      throw;
-    }
-    return device;
-  }
   void release() noexcept {
     vendor::device_release(key_projection_);
     vendor::device_release(query_projection_);

@@ -13,6 +13,7 @@
 
 #include "seer/core/block_set.hpp"
 #include "seer/core/error.hpp"
+#include "seer/gpu/device_upload.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::gpu {
@@ -24,9 +25,9 @@ class DeviceBlockSet {
   explicit DeviceBlockSet(const BlockSet& blocks) : sequences_(blocks.sequences()) {
     require(blocks.complete(), "blocks", "only ", blocks.rows_filled(), " of ", blocks.rows(), " rows are filled");
     try {
-      row_offsets_ = upload(blocks.row_offsets());
-      key_blocks_ = upload(blocks.key_blocks());
-      query_block_offsets_ = upload(blocks.query_block_offsets());
+      row_offsets_ = upload_to_device(blocks.row_offsets(), "DeviceBlockSet");
+      key_blocks_ = upload_to_device(blocks.key_blocks(), "DeviceBlockSet");
+      query_block_offsets_ = upload_to_device(blocks.query_block_offsets(), "DeviceBlockSet");
     } catch (...) {
       release();
       throw;
@@ -52,20 +53,6 @@ class DeviceBlockSet {
   const std::vector<BlockGeometry>& sequences() const { return sequences_; }
 
  private:
-  template <class Index>
-  static Index* upload(const std::vector<Index>& host) {
-    const std::size_t bytes = (host.empty() ? 1 : host.size()) * sizeof(Index);
-    void* device = vendor::device_allocate(bytes, "device allocation (DeviceBlockSet)");
-    try {
-      if (!host.empty())
-        vendor::copy_to_device(device, host.data(), host.size() * sizeof(Index), "DeviceBlockSet upload");
-    } catch (...) {
-      vendor::device_release(device);
-      throw;
-    }
-    return static_cast<Index*>(device);
-  }
-
   // Destructors cannot throw: a failing release here (e.g. after a sticky device error) has already
   // been reported by the call that caused it.
   void release() noexcept {

@@ -44,6 +44,7 @@
 #include "seer/core/sequence_batch.hpp"
 #include "seer/gate/learned_gate.hpp"
 #include "seer/gpu/block_selection_kernel.hpp"
+#include "seer/gpu/device_upload.hpp"
 #include "seer/gpu/gate_features_kernel.hpp"
 #include "seer/gpu/prefill_arguments.hpp"
 #include "seer/gpu/vendor.hpp"
@@ -81,9 +82,9 @@ class DeviceLearnedGate {
     for (BlockPooling pooling : gate.gate_type().query_pools) query_pools_.push_back(static_cast<int>(pooling));
     for (BlockPooling pooling : gate.gate_type().key_pools) key_pools_.push_back(static_cast<int>(pooling));
     try {
-      key_projection_ = upload(gate.k_projection());
-      if (has_q_projection_) query_projection_ = upload(gate.q_projection());
-      inverse_frequencies_ = upload(gate.rotary_embedding().inverse_frequencies());
+      key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
+      if (has_q_projection_) query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
+      inverse_frequencies_ = upload_to_device(gate.rotary_embedding().inverse_frequencies(), "DeviceLearnedGate");
     } catch (...) {
       release();
       throw;
@@ -109,18 +110,6 @@ class DeviceLearnedGate {
   DeviceRope rope() const { return DeviceRope{inverse_frequencies_, hidden_size_ / 2, attention_factor_}; }
 
  private:
-  template <class Value>
-  static Value* upload(const std::vector<Value>& host) {
-    const std::size_t bytes = std::max<std::size_t>(1, host.size()) * sizeof(Value);
-    auto* device = static_cast<Value*>(vendor::device_allocate(bytes, "device allocation (DeviceLearnedGate)"));
-    try {
-      if (!host.empty()) vendor::copy_to_device(device, host.data(), host.size() * sizeof(Value), "gate upload");
-    } catch (...) {
-      vendor::device_release(device);
-      throw;
-    }
-    return device;
-  }
   void release() noexcept {
     vendor::device_release(key_projection_);
     vendor::device_release(query_projection_);
