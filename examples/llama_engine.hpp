@@ -204,13 +204,18 @@ class LlamaModel {
     double bits = 0.0;
     std::int64_t count = 0;
     for (std::int64_t t = skip; t + 1 < static_cast<std::int64_t>(tokens.size()); ++t) {
-      const auto row = logits.row(t).cast<double>();
-      const double peak = row.maxCoeff();
-      const double log_total = peak + std::log((row.array() - peak).exp().sum());
-      bits += (log_total - row(tokens[t + 1])) / std::log(2.0);
+      bits += bits_of_token(logits, t, tokens[t + 1]);
       ++count;
     }
     return count ? bits / static_cast<double>(count) : 0.0;
+  }
+
+  // -log2 of the probability that logits row `row` gives to `token`.
+  static double bits_of_token(const RowMatrix& logits, Eigen::Index row, std::int32_t token) {
+    const auto values = logits.row(row).cast<double>();
+    const double peak = values.maxCoeff();
+    const double log_total = peak + std::log((values.array() - peak).exp().sum());
+    return (log_total - values(token)) / std::log(2.0);
   }
 
  private:

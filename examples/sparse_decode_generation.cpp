@@ -135,13 +135,6 @@ std::int32_t most_likely(const engine::RowMatrix& logits, Eigen::Index row) {
   return static_cast<std::int32_t>(best);
 }
 
-double bits_of(const engine::RowMatrix& logits, Eigen::Index row, std::int32_t token) {
-  const auto values = logits.row(row).cast<double>();
-  const double peak = values.maxCoeff();
-  const double log_total = peak + std::log((values.array() - peak).exp().sum());
-  return (log_total - values(token)) / std::log(2.0);
-}
-
 std::string printable(const std::vector<std::int32_t>& tokens) {
   std::string text;
   for (const auto t : tokens) text += (t == '\n' ? ' ' : (t >= 32 && t < 127 ? static_cast<char>(t) : '?'));
@@ -183,8 +176,8 @@ int main(int argc, char** argv) {
       // Logits of position t - 1 predict token t.
       const Eigen::Index last = dense_logits.rows() - 1;
       agree += most_likely(dense_logits, last) == most_likely(sparse_logits, last);
-      dense_bits += bits_of(dense_logits, last, tokens[t]);
-      sparse_bits += bits_of(sparse_logits, last, tokens[t]);
+      dense_bits += engine::LlamaModel::bits_of_token(dense_logits, last, tokens[t]);
+      sparse_bits += engine::LlamaModel::bits_of_token(sparse_logits, last, tokens[t]);
       ++steps;
       if (t + 1 == options.tokens) break;
       dense_logits = dense.extend({tokens[t]});
