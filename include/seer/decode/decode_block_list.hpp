@@ -34,6 +34,20 @@ struct DecodeBlockListView {
   SEER_HOST_DEVICE std::int64_t row_size(std::int64_t row) const { return counts[row]; }
 };
 
+namespace detail {
+// Row (b, h) holds `count` indices: strictly ascending, inside [0, key_block_count), at most `capacity`.
+inline void check_decode_row(const std::int32_t* indices, std::int64_t count, std::int64_t capacity,
+                             std::int64_t key_block_count, std::int64_t b, std::int64_t h) {
+  require(count >= 0 && count <= capacity, "blocks", "row (", b, ", ", h, ") has ", count,
+          " blocks, outside [0, capacity ", capacity, "]");
+  for (std::int64_t i = 0; i < count; ++i) {
+    require(indices[i] >= 0 && indices[i] < key_block_count, "blocks", "index ", indices[i], " in row (", b, ", ", h,
+            ") is outside [0, ", key_block_count, ")");
+    require(i == 0 || indices[i] > indices[i - 1], "blocks", "row (", b, ", ", h, ") is not strictly ascending");
+  }
+}
+}  // namespace detail
+
 // Owning host form. Fill rows with set_row in any order; view() hands it to executors.
 class DecodeBlockList {
  public:
@@ -59,12 +73,7 @@ class DecodeBlockList {
     require(b >= 0 && b < batch_, "b", "is ", b, ", expected in [0, ", batch_, ")");
     require(h >= 0 && h < kv_heads_, "h", "is ", h, ", expected in [0, ", kv_heads_, ")");
     const auto count = static_cast<std::int64_t>(blocks.size());
-    require(count <= capacity_, "blocks", "row (", b, ", ", h, ") has ", count, " blocks, above capacity ", capacity_);
-    for (std::int64_t i = 0; i < count; ++i) {
-      require(blocks[i] >= 0 && blocks[i] < key_block_count, "blocks", "index ", blocks[i], " in row (", b, ", ", h,
-              ") is outside [0, ", key_block_count, ")");
-      require(i == 0 || blocks[i] > blocks[i - 1], "blocks", "row (", b, ", ", h, ") is not strictly ascending");
-    }
+    detail::check_decode_row(blocks.data(), count, capacity_, key_block_count, b, h);
     const std::int64_t row = b * kv_heads_ + h;
     std::copy(blocks.begin(), blocks.end(), key_blocks_.begin() + row * capacity_);
     counts_[static_cast<std::size_t>(row)] = static_cast<std::int32_t>(count);
@@ -104,15 +113,7 @@ inline void validate_host_decode_blocks(const DecodeBlockListView& blocks, const
     const std::int64_t key_block_count = (lengths[b] + blocks.block_size - 1) / blocks.block_size;
     for (std::int64_t h = 0; h < blocks.kv_heads; ++h) {
       const std::int64_t row = blocks.row(b, h);
-      const std::int64_t count = blocks.row_size(row);
-      require(count >= 0 && count <= blocks.capacity, "blocks", "row (", b, ", ", h, ") count ", count,
-              " is outside [0, ", blocks.capacity, "]");
-      const std::int32_t* indices = blocks.row_begin(row);
-      for (std::int64_t i = 0; i < count; ++i) {
-        require(indices[i] >= 0 && indices[i] < key_block_count, "blocks", "index ", indices[i], " in row (", b, ", ",
-                h, ") is outside [0, ", key_block_count, ")");
-        require(i == 0 || indices[i] > indices[i - 1], "blocks", "row (", b, ", ", h, ") is not strictly ascending");
-      }
+      detail::check_decode_row(blocks.row_begin(row), blocks.row_size(row), blocks.capacity, key_block_count, b, h);
     }
   }
 }
