@@ -47,14 +47,19 @@ struct DecodeCtaWork {
   std::int64_t query_tokens = 0, cached_tokens = 0, rows = 0;
   std::int64_t key_tiles = 0;                // tiles holding cached tokens
   const std::int32_t* kept_tiles = nullptr;  // null: dense
-  std::int64_t effective_splits = 1, split = 0, first_step = 0, steps = 0;
+  std::int64_t effective_splits = 1, split = 0, steps = 0;
+  std::int64_t first_kept = 0;  // kept_tiles[split], loaded together with the row's count
   BlockGeometry geometry;
 
-  // Tile of step `step` of this CTA; an index outside the sequence becomes key_tiles, a tile that is
-  // all masked (its rows are zero-filled and never read).
+  // Tile of step `step` of this CTA: the row's kept tile split + step * effective_splits. Interleaved
+  // splits are as balanced as contiguous ranges (within one tile), and a CTA's first kept index does not
+  // depend on the row's count, so its load overlaps the count's instead of following it (one memory
+  // round trip less before the first K/V copy). An index outside the sequence becomes key_tiles, a
+  // tile that is all masked (its rows are zero-filled and never read).
   __device__ std::int64_t tile(std::int64_t step) const {
-    const std::int64_t index = first_step + step;
-    const std::int64_t tile = kept_tiles != nullptr ? static_cast<std::int64_t>(kept_tiles[index]) : index;
+    const std::int64_t index = split + step * effective_splits;
+    std::int64_t tile = index;
+    if (kept_tiles != nullptr) tile = step == 0 ? first_kept : static_cast<std::int64_t>(kept_tiles[index]);
     return tile < 0 || tile >= key_tiles ? key_tiles : tile;
   }
   __device__ std::int64_t row_head(std::int64_t row) const { return first_head + row / query_tokens; }
@@ -83,13 +88,16 @@ __device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaW
   work.cached_tokens = decode_cached_tokens(params.cache, work.sequence);
   work.geometry = BlockGeometry{work.query_tokens, work.cached_tokens, kDecodeTileKeys, params.causal};
   work.key_tiles = (work.cached_tokens + kDecodeTileKeys - 1) / kDecodeTileKeys;
-  const std::int64_t tiles = decode_row_tiles(params, work.sequence, work.kv_head, work.cached_tokens);
-  if (params.has_blocks) work.kept_tiles = params.blocks.row_begin(params.blocks.row(work.sequence, work.kv_head));
-  work.effective_splits = decode_effective_splits(tiles, params.splits);
   work.split = blockIdx.x;
+  if (params.has_blocks) {
+    work.kept_tiles = params.blocks.row_begin(params.blocks.row(work.sequence, work.kv_head));
+    // Read before the count is known (used only when split < effective splits <= count).
+    if (work.split < params.blocks.capacity) work.first_kept = work.kept_tiles[work.split];
+  }
+  const std::int64_t tiles = decode_row_tiles(params, work.sequence, work.kv_head, work.cached_tokens);
+  work.effective_splits = decode_effective_splits(tiles, params.splits);
   if (work.split >= work.effective_splits) return false;
-  work.first_step = tiles * work.split / work.effective_splits;
-  work.steps = tiles * (work.split + 1) / work.effective_splits - work.first_step;
+  work.steps = (tiles - work.split + work.effective_splits - 1) / work.effective_splits;
   return true;
 }
 

@@ -106,10 +106,12 @@ struct DecodeLaunchShape {
 //   of the longest row: waves of CTAs x (tiles per CTA + 1, the fixed cost of a CTA: Q, pipeline fill,
 //   epilogue); ties go to fewer splits (less workspace traffic).
 //   Sparse: kept counts differ between rows (by a third between the mean and the fullest row of a
-//   random 10% selection), and a single wave of CTAs then waits for the fullest rows. When all useful
-//   splits fit in one wave they are all taken; otherwise about three waves of CTAs of at least ~8
-//   tiles, so the hardware scheduler fills the time the short rows leave (a scheduling simulation of
-//   random rows: 70% -> 80% of the ideal at batch 16, 32k, density 0.1).
+//   random 10% selection), and a single wave of CTAs then waits for the fullest rows. The bound gives
+//   CTAs of about 8 kept tiles, at most about three waves of them, so the hardware scheduler fills the
+//   time the short rows leave (a scheduling simulation of random rows: 70% -> 80% of the ideal at
+//   batch 16, 32k, density 0.1). Measured on the H100 (bench/RESULTS.md, split sweep): 8 splits beat
+//   27 at batch 1, 32k, density 0.1 (19.6 vs 21.6 us): each CTA's start (count, index, K/V latency)
+//   costs more than the parallelism of 2-tile CTAs gains.
 inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_heads, std::int64_t kv_heads,
                                              std::int64_t max_query_tokens, std::int64_t max_cached_tokens,
                                              const DecodeBlockListView* blocks, std::int64_t resident_ctas) {
@@ -124,13 +126,9 @@ inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_
   const std::int64_t ctas_per_split = std::max<std::int64_t>(1, batch * kv_heads * shape.head_chunks);
   const std::int64_t slots = std::max<std::int64_t>(1, resident_ctas);
   if (blocks != nullptr) {
-    const std::int64_t one_wave = (slots + ctas_per_split - 1) / ctas_per_split;
     const std::int64_t three_waves = (3 * slots + ctas_per_split - 1) / ctas_per_split;
     const std::int64_t eight_tiles_each = (max_tiles + 7) / 8;  // CTAs long enough to amortise their start
-    shape.splits = ctas_per_split * useful <= slots
-                       ? useful
-                       : std::min(useful, std::max(one_wave, std::min(three_waves, eight_tiles_each)));
-    shape.splits = std::max<std::int64_t>(1, shape.splits);
+    shape.splits = std::max<std::int64_t>(1, std::min({useful, three_waves, eight_tiles_each}));
     return shape;
   }
   std::int64_t best_cost = -1;
