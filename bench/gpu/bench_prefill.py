@@ -28,7 +28,7 @@ def load_library(path):
     function = library.seer_bench_prefill_bf16
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     function.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr, i64, i64,
-                         ptr, ctypes.c_char_p, i64]
+                         ctypes.c_int, ptr, ctypes.c_char_p, i64]
     function.restype = ctypes.c_int
     return function
 
@@ -69,13 +69,14 @@ def main():
     device = torch.cuda.get_device_name()
     results = []
 
-    def seer_call(q, k, v, out, lse, blocks):
+    # seer::cuda::PrefillKernel: 0 automatic (the warpgroup kernel on Hopper), 2 the mma.sync kernel.
+    def seer_call(q, k, v, out, lse, blocks, kernel=0):
         row_offsets, key_blocks, query_block_offsets = blocks if blocks is not None else (None, None, None)
         status = seer(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                       lse.data_ptr() if lse is not None else None, batch, q.shape[1], heads, heads, dim, 1,
                       row_offsets.data_ptr() if blocks is not None else None,
                       key_blocks.data_ptr() if blocks is not None else None,
-                      query_block_offsets.data_ptr() if blocks is not None else None, heads, BLOCK,
+                      query_block_offsets.data_ptr() if blocks is not None else None, heads, BLOCK, kernel,
                       torch.cuda.current_stream().cuda_stream, error, len(error))
         if status != 0:
             raise RuntimeError(error.value.decode())
@@ -105,6 +106,9 @@ def main():
         seer_call(q, k, v, out, lse, None)
         torch.cuda.synchronize()
         dense_difference = (out.float() - fa2_output.float()).abs().max().item()
+        seer_call(q, k, v, out, lse, None, kernel=2)
+        torch.cuda.synchronize()
+        mma_sync_difference = (out.float() - fa2_output.float()).abs().max().item()
 
         seer_dense_ms = None
         for density in [float(d) for d in args.densities.split(",")]:
@@ -113,6 +117,8 @@ def main():
             blocks = (row_offsets, key_blocks, query_block_offsets)
             seer_ms = triton.testing.do_bench(lambda: seer_call(q, k, v, out, lse, blocks), warmup=100, rep=500,
                                               return_mode="median")
+            mma_sync_ms = triton.testing.do_bench(lambda: seer_call(q, k, v, out, lse, blocks, kernel=2), warmup=100,
+                                                  rep=500, return_mode="median")
             if density == 1.0:
                 seer_dense_ms = seer_ms
             actual_flops = 4.0 * batch * dim * actual_pairs  # actual_pairs already sums over heads
@@ -125,6 +131,8 @@ def main():
                 "cudnn_tflops": effective_flops / timings["cudnn"] / 1e9,
                 "time_over_dense": seer_ms / seer_dense_ms if seer_dense_ms else None,
                 "dense_max_abs_difference_vs_fa2": dense_difference,
+                "mma_sync_ms": mma_sync_ms, "mma_sync_speedup_vs_fa2": timings["fa2"] / mma_sync_ms,
+                "mma_sync_dense_max_abs_difference_vs_fa2": mma_sync_difference,
             }
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -138,15 +146,16 @@ def main():
               f"causal, 64x64 blocks; times are do_bench medians.")
     lines = [header, "",
              "| tokens | density (actual) | seer ms | FA2 ms | cuDNN ms | speedup vs FA2 | vs cuDNN | "
-             "effective TFLOP/s | actual TFLOP/s | time / seer dense | time / FA2 | target d+0.05 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "effective TFLOP/s | actual TFLOP/s | time / seer dense | time / FA2 | target d+0.05 | "
+             "mma.sync kernel ms | its speedup vs FA2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['seq']} | {r['density_target']:.1f} ({r['density']:.3f}) | {r['seer_ms']:.3f} | {r['fa2_ms']:.3f} | "
             f"{r['cudnn_ms']:.3f} | {r['speedup_vs_fa2']:.2f}x | {r['speedup_vs_cudnn']:.2f}x | "
             f"{r['effective_tflops']:.0f} | {r['actual_tflops']:.0f} | {r['time_over_dense']:.3f} | "
             f"{r['seer_ms'] / r['fa2_ms']:.3f} | "
-            f"{r['density_target'] + 0.05:.2f} |")
+            f"{r['density_target'] + 0.05:.2f} | {r['mma_sync_ms']:.3f} | {r['mma_sync_speedup_vs_fa2']:.2f}x |")
     table = "\n".join(lines)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_prefill.json"), "w") as f:
@@ -155,6 +164,10 @@ def main():
         f.write(table + "\n")
     print()
     print(table)
+    print("max |seer - FA2| dense: warpgroup/automatic",
+          [round(r["dense_max_abs_difference_vs_fa2"], 4) for r in results if r["density_target"] == 1.0],
+          "mma.sync", [round(r["mma_sync_dense_max_abs_difference_vs_fa2"], 4) for r in results
+                       if r["density_target"] == 1.0])
     return 0
 
 

@@ -16,7 +16,8 @@ stages=("$@")
 has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 status=0
 BUILD=build-device
-TESTS=$BUILD/tests/gpu/seer_cuda_tests
+TESTS=$BUILD/tests/gpu/seer_cuda_tests                   # automatic kernel choice: warpgroup kernel on Hopper
+MMA_SYNC_TESTS=$BUILD/tests/gpu/seer_cuda_mma_sync_tests  # the same suite, mma.sync kernel forced
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 
@@ -27,7 +28,7 @@ if has build; then
       >"$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"; exit 1
   fi
-  if ! cmake --build $BUILD --target seer_cuda_tests seer_bench_prefill_capi -j16 >>"$OUT/build.log" 2>&1; then
+  if ! cmake --build $BUILD --target seer_cuda_tests seer_cuda_mma_sync_tests seer_bench_prefill_capi -j16 >>"$OUT/build.log" 2>&1; then
     grep -E -B2 -A6 'error|warning' "$OUT/build.log" | head -120; exit 1
   fi
   echo "build: ok in $((SECONDS - start)) s"
@@ -49,6 +50,9 @@ if has test; then
   tail -5 "$OUT/tests.log"; echo "tests: rc=$rc in $((SECONDS - start)) s"
   [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests.log" | head -80; status=1; }
   grep -i 'skipped' "$OUT/tests.log" | grep -v 'test cases' | head -5
+  timeout 300 $MMA_SYNC_TESTS >"$OUT/tests_mma_sync.log" 2>&1; rc=$?
+  tail -3 "$OUT/tests_mma_sync.log"; echo "tests (mma.sync kernel forced): rc=$rc"
+  [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests_mma_sync.log" | head -60; status=1; }
   # The 64-bit offset case once more, alone, with its timing (it must not have been skipped).
   timeout 120 $TESTS -tc='*1M tokens*' -d -s 2>&1 | grep -E -i 'skipped|1M|passed|failed' | tail -4
 fi

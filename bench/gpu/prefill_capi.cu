@@ -19,13 +19,14 @@ void copy_message(const char* text, char* buffer, std::int64_t capacity) {
 }  // namespace
 
 // q, out: [batch, seq, q_heads, head_dim]; k, v: [batch, seq, kv_heads, head_dim]; bf16, contiguous,
-// device memory. row_offsets == nullptr selects the dense path. Returns 0, or 1 with a message.
+// device memory. row_offsets == nullptr selects the dense path. kernel: 0 automatic, 1 warpgroup,
+// 2 mma.sync (seer::cuda::PrefillKernel). Returns 0, or 1 with a message.
 extern "C" int seer_bench_prefill_bf16(const void* q, const void* k, const void* v, void* out, float* lse,
                                        std::int64_t batch, std::int64_t seq, std::int64_t q_heads,
                                        std::int64_t kv_heads, std::int64_t head_dim, int causal,
                                        const std::int64_t* row_offsets, const std::int32_t* key_blocks,
                                        const std::int32_t* query_block_offsets, std::int64_t block_heads,
-                                       std::int64_t block_size, void* stream, char* error,
+                                       std::int64_t block_size, int kernel, void* stream, char* error,
                                        std::int64_t error_capacity) {
   try {
     using seer::bfloat16;
@@ -45,7 +46,7 @@ extern "C" int seer_bench_prefill_bf16(const void* q, const void* k, const void*
     seer::cuda::block_sparse_attention<bfloat16>(
         seer::padded_batch(q_view, "q"), seer::padded_batch(k_view, "k"), seer::padded_batch(v_view, "v"),
         row_offsets != nullptr ? &blocks : nullptr, options, seer::padded_batch(out_view, "out"), lse_view,
-        static_cast<cudaStream_t>(stream));
+        static_cast<cudaStream_t>(stream), static_cast<seer::cuda::PrefillKernel>(kernel));
     return 0;
   } catch (const std::exception& e) {
     copy_message(e.what(), error, error_capacity);

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One dense and one 10%-dense seer prefill call (B=1, H=32, D=128, bf16, causal, 8k tokens), for
-profiling under Nsight Compute: ncu -k regex:block_sparse_prefill python3 bench/gpu/profile_prefill.py LIB"""
+profiling under Nsight Compute: ncu -k regex:prefill_kernel python3 bench/gpu/profile_prefill.py LIB"""
 import sys
 
 import torch
@@ -18,7 +18,7 @@ for density in (1.0, 0.1):
     row_offsets, key_blocks, query_block_offsets, _, _ = bench_prefill.random_blocks(heads, seq // 64, density,
                                                                                      generator)
     status = seer(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), None, 1, seq, heads, heads, dim, 1,
-                  row_offsets.data_ptr(), key_blocks.data_ptr(), query_block_offsets.data_ptr(), heads, 64,
+                  row_offsets.data_ptr(), key_blocks.data_ptr(), query_block_offsets.data_ptr(), heads, 64, 0,
                   torch.cuda.current_stream().cuda_stream, None, 0)
     assert status == 0
 torch.cuda.synchronize()

@@ -33,11 +33,25 @@
 #include "seer/core/tensor_view.hpp"
 #include "seer/gpu/prefill_arguments.hpp"
 #include "seer/gpu/prefill_kernel.hpp"
+#include "seer/gpu/prefill_kernel_hopper.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::cuda {
 
 inline bool prefill_supports_head_dim(std::int64_t head_dim) { return gpu::prefill_supports_head_dim(head_dim); }
+
+// Which kernel computes the prefill. `automatic` takes the warpgroup (wgmma) kernel where it exists
+// (Hopper GPU, head dim 64 or 128, and a build with sm_90a device code: SEER_CUDA_WARPGROUP_KERNELS,
+// which seer's CMake target defines when CMAKE_CUDA_ARCHITECTURES lists 90a) and the mma.sync
+// kernel elsewhere. The other two force one (benchmarks, comparisons); forcing `warpgroup` where it
+// does not exist is an InvalidArgument.
+enum class PrefillKernel { automatic, warpgroup, mma_sync };
+
+#if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
+inline constexpr bool kWarpgroupKernelsBuilt = true;
+#else
+inline constexpr bool kWarpgroupKernelsBuilt = false;
+#endif
 
 namespace detail {
 
@@ -60,6 +74,41 @@ std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64
   return (heads + heads_per_group - 1) / heads_per_group;
 }
 
+inline int current_device_major() {
+  int device = 0;
+  int major = 0;
+  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
+  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  return major;
+}
+
+inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
+  const bool available = kWarpgroupKernelsBuilt && (head_dim == 64 || head_dim == 128) && current_device_major() == 9;
+  if (kernel == PrefillKernel::warpgroup)
+    require(available, "kernel",
+            "the warpgroup prefill kernel needs a Hopper GPU, head dim 64 or 128 and a build with sm_90a "
+            "(SEER_CUDA_WARPGROUP_KERNELS)");
+  return kernel != PrefillKernel::mma_sync && available;
+}
+
+template <class T, int HeadDim>
+void launch_warpgroup_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch,
+                              cudaStream_t stream) {
+  if constexpr (HeadDim == 64 || HeadDim == 128) {
+    using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
+    auto* kernel = &gpu::warpgroup_prefill_kernel<T, HeadDim>;
+    gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
+    const std::int64_t groups = prefill_head_groups(params, heads);
+    const std::int64_t largest_group = (heads + groups - 1) / groups;
+    const std::int64_t query_pairs = (params.max_query_tiles + Traits::kWarpgroups - 1) / Traits::kWarpgroups;
+    const dim3 grid(static_cast<unsigned>(query_pairs * largest_group), static_cast<unsigned>(groups),
+                    static_cast<unsigned>(batch));
+    kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
+    gpu::vendor::check_last_launch("warpgroup_prefill_kernel launch");
+  }
+}
+
 template <class T, int HeadDim>
 void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch, cudaStream_t stream) {
   using Traits = gpu::PrefillTraits<T, HeadDim>;
@@ -78,11 +127,16 @@ void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std
 template <class T>
 void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, SequenceBatch<const T> v,
                             const BlockSetView* blocks, const AttentionOptions& options, SequenceBatch<T> out,
-                            TensorView<float, 2> lse, cudaStream_t stream) {
+                            TensorView<float, 2> lse, cudaStream_t stream,
+                            PrefillKernel kernel = PrefillKernel::automatic) {
   const gpu::PrefillParams<T> params = gpu::make_prefill_params<T>(q, k, v, blocks, options, out, lse);
+  const bool warpgroup = detail::use_warpgroup_kernel(kernel, q.head_dim);
   if (q.batch == 0 || params.max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
   gpu::dispatch_prefill_head_dim(q.head_dim, [&](auto head_dim) {
-    detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
+    if (warpgroup)
+      detail::launch_warpgroup_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
+    else
+      detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
   });
 }
 
