@@ -28,7 +28,8 @@ if has build; then
       >"$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"; exit 1
   fi
-  if ! cmake --build $BUILD --target seer_cuda_tests seer_cuda_mma_sync_tests seer_bench_prefill_capi -j16 >>"$OUT/build.log" 2>&1; then
+  if ! cmake --build $BUILD --target seer_cuda_tests seer_cuda_mma_sync_tests seer_cuda_single_tile_tests seer_bench_prefill_capi \
+      seer_bench_prefill_capi_single_tile -j16 >>"$OUT/build.log" 2>&1; then
     grep -E -B2 -A6 'error|warning' "$OUT/build.log" | head -120; exit 1
   fi
   echo "build: ok in $((SECONDS - start)) s"
@@ -53,6 +54,9 @@ if has test; then
   timeout 300 $MMA_SYNC_TESTS >"$OUT/tests_mma_sync.log" 2>&1; rc=$?
   tail -3 "$OUT/tests_mma_sync.log"; echo "tests (mma.sync kernel forced): rc=$rc"
   [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests_mma_sync.log" | head -60; status=1; }
+  timeout 300 $BUILD/tests/gpu/seer_cuda_single_tile_tests >"$OUT/tests_single_tile.log" 2>&1; rc=$?
+  tail -3 "$OUT/tests_single_tile.log"; echo "tests (warpgroup kernel, one query tile per CTA): rc=$rc"
+  [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests_single_tile.log" | head -30; status=1; }
   # The 64-bit offset case once more, alone, with its timing (it must not have been skipped).
   timeout 120 $TESTS -tc='*1M tokens*' -d -s 2>&1 | grep -E -i 'skipped|1M|passed|failed' | tail -4
 fi
@@ -70,7 +74,7 @@ fi
 
 if has bench; then
   PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
-    --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
+    --variant-library $BUILD/bench/gpu/libseer_bench_prefill_capi_single_tile.so --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
 if has example; then
   start=$SECONDS

@@ -31,16 +31,27 @@
 
 namespace seer::gpu {
 
+// Query tiles per CTA (one warpgroup each). 2: the tiles share each K/V tile copy, one CTA per SM.
+// 1: each warpgroup streams its own tiles, two CTAs per SM, whose phases drift apart so that one's
+// softmax overlaps the other's matrix products. A tuning knob while the two are compared.
+#ifndef SEER_WARPGROUP_QUERY_TILES
+#define SEER_WARPGROUP_QUERY_TILES 2
+#endif
+
 template <class T, int HeadDim>
 struct WarpgroupPrefillTraits {
   static constexpr bool kSupported = HeadDim == 64 || HeadDim == 128;
   static_assert(kSupported, "the warpgroup prefill kernel supports head dims 64 and 128");
-  static constexpr int kTileRows = 64;   // query rows per warpgroup = keys per tile
-  static constexpr int kWarpgroups = 2;  // query tiles per CTA
+  static constexpr int kTileRows = 64;  // query rows per warpgroup = keys per tile
+  static constexpr int kWarpgroups = SEER_WARPGROUP_QUERY_TILES;
+  static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two query tiles per CTA");
   static constexpr int kThreads = kWarpgroups * 128;
   static constexpr int kQueryRows = kWarpgroups * kTileRows;
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
-  static constexpr int kStages = 3;                  // K/V tiles in flight: the current one and two ahead
+  // K/V tiles in flight: with one CTA per SM the current one and two ahead; with two CTAs per SM
+  // (shared memory for both) the current one and one ahead.
+  static constexpr int kStages = kWarpgroups == 2 ? 3 : 2;
+  static constexpr int kMinBlocksPerMultiprocessor = kWarpgroups == 2 ? 1 : 2;
   static constexpr int kTileBytes = kTileRows * HeadDim * static_cast<int>(sizeof(T));
   static constexpr int kPanelBytes = kTileRows * hopper::kSwizzlePanelRowBytes;  // one 64-column panel of a tile
   static constexpr int kQueryBytes = kQueryRows * HeadDim * static_cast<int>(sizeof(T));
@@ -123,7 +134,8 @@ struct MergedKeyTiles {
 }  // namespace detail
 
 template <class T, int HeadDim>
-__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads, 1)
+__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
+                                  WarpgroupPrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
     warpgroup_prefill_kernel(const PrefillParams<T> params) {
   using Traits = WarpgroupPrefillTraits<T, HeadDim>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
