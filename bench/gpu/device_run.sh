@@ -28,8 +28,7 @@ if has build; then
       >"$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"; exit 1
   fi
-  if ! cmake --build $BUILD --target seer_cuda_tests seer_cuda_mma_sync_tests seer_cuda_single_tile_tests seer_bench_prefill_capi \
-      seer_bench_prefill_capi_single_tile -j16 >>"$OUT/build.log" 2>&1; then
+  if ! cmake --build $BUILD --target seer_cuda_tests seer_cuda_mma_sync_tests seer_bench_prefill_capi -j16 >>"$OUT/build.log" 2>&1; then
     grep -E -B2 -A6 'error|warning' "$OUT/build.log" | head -120; exit 1
   fi
   echo "build: ok in $((SECONDS - start)) s"
@@ -37,12 +36,12 @@ fi
 
 if has sass; then
   # Where local-memory spills sit relative to the tensor-core loop of the head-dim-128 bf16 kernel.
-  cuobjdump -sass -fun '_ZN4seer3gpu27block_sparse_prefill_kernelINS_8bfloat16ELi128EEEvNS0_13PrefillParamsIT_EE' \
+  cuobjdump -sass -fun '_ZN4seer3gpu27warpgroup_prefill_kernelINS_8bfloat16ELi128EEEvNS0_13PrefillParamsIT_EE' \
     $BUILD/bench/gpu/libseer_bench_prefill_capi.so >"$OUT/sass_bf16_128.txt" 2>&1
   echo "sass lines: $(wc -l <"$OUT/sass_bf16_128.txt"), HMMA $(grep -c HMMA "$OUT/sass_bf16_128.txt"),"\
     "LDL $(grep -c LDL "$OUT/sass_bf16_128.txt"), STL $(grep -c STL "$OUT/sass_bf16_128.txt"),"\
     "LDSM $(grep -c LDSM "$OUT/sass_bf16_128.txt"), LDGSTS $(grep -c LDGSTS "$OUT/sass_bf16_128.txt"),"\
-    "MUFU $(grep -c MUFU "$OUT/sass_bf16_128.txt"), BAR $(grep -c 'BAR' "$OUT/sass_bf16_128.txt")"
+    "HGMMA $(grep -c HGMMA "$OUT/sass_bf16_128.txt"), MUFU $(grep -c MUFU "$OUT/sass_bf16_128.txt"), BAR $(grep -c 'BAR' "$OUT/sass_bf16_128.txt")"
 fi
 
 if has test; then
@@ -54,9 +53,6 @@ if has test; then
   timeout 300 $MMA_SYNC_TESTS >"$OUT/tests_mma_sync.log" 2>&1; rc=$?
   tail -3 "$OUT/tests_mma_sync.log"; echo "tests (mma.sync kernel forced): rc=$rc"
   [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests_mma_sync.log" | head -60; status=1; }
-  timeout 300 $BUILD/tests/gpu/seer_cuda_single_tile_tests >"$OUT/tests_single_tile.log" 2>&1; rc=$?
-  tail -3 "$OUT/tests_single_tile.log"; echo "tests (warpgroup kernel, one query tile per CTA): rc=$rc"
-  [ $rc -ne 0 ] && { grep -E -A12 'ERROR|FAILED|error' "$OUT/tests_single_tile.log" | head -30; status=1; }
   # The 64-bit offset case once more, alone, with its timing (it must not have been skipped).
   timeout 120 $TESTS -tc='*1M tokens*' -d -s 2>&1 | grep -E -i 'skipped|1M|passed|failed' | tail -4
 fi
@@ -74,7 +70,7 @@ fi
 
 if has bench; then
   PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
-    --variant-library $BUILD/bench/gpu/libseer_bench_prefill_capi_single_tile.so --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
+    --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
 if has example; then
   start=$SECONDS

@@ -41,10 +41,11 @@ namespace seer::cuda {
 inline bool prefill_supports_head_dim(std::int64_t head_dim) { return gpu::prefill_supports_head_dim(head_dim); }
 
 // Which kernel computes the prefill. `automatic` takes the warpgroup (wgmma) kernel where it exists
-// (Hopper GPU, head dim 64 or 128, and a build with sm_90a device code: SEER_CUDA_WARPGROUP_KERNELS,
+// (Hopper GPU, head dim 128, and a build with sm_90a device code: SEER_CUDA_WARPGROUP_KERNELS,
 // which seer's CMake target defines when CMAKE_CUDA_ARCHITECTURES lists 90a) and the mma.sync
 // kernel elsewhere. The other two force one (benchmarks, comparisons); forcing `warpgroup` where it
-// does not exist is an InvalidArgument.
+// does not exist is an InvalidArgument. Head dim 64 stays on mma.sync: the warpgroup kernel's
+// head-dim-64 instantiation failed the H100 tests (2026-11-23; cause not found yet), so it is not launched.
 enum class PrefillKernel { automatic, warpgroup, mma_sync };
 
 #if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
@@ -84,10 +85,10 @@ inline int current_device_major() {
 }
 
 inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
-  const bool available = kWarpgroupKernelsBuilt && (head_dim == 64 || head_dim == 128) && current_device_major() == 9;
+  const bool available = kWarpgroupKernelsBuilt && head_dim == 128 && current_device_major() == 9;
   if (kernel == PrefillKernel::warpgroup)
     require(available, "kernel",
-            "the warpgroup prefill kernel needs a Hopper GPU, head dim 64 or 128 and a build with sm_90a "
+            "the warpgroup prefill kernel needs a Hopper GPU, head dim 128 and a build with sm_90a "
             "(SEER_CUDA_WARPGROUP_KERNELS)");
   return kernel != PrefillKernel::mma_sync && available;
 }
@@ -95,14 +96,13 @@ inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
 template <class T, int HeadDim>
 void launch_warpgroup_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch,
                               cudaStream_t stream) {
-  if constexpr (HeadDim == 64 || HeadDim == 128) {
+  if constexpr (HeadDim == 128) {
     using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
     auto* kernel = &gpu::warpgroup_prefill_kernel<T, HeadDim>;
     gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
     const std::int64_t groups = prefill_head_groups(params, heads);
     const std::int64_t largest_group = (heads + groups - 1) / groups;
-    const std::int64_t query_pairs = (params.max_query_tiles + Traits::kWarpgroups - 1) / Traits::kWarpgroups;
-    const dim3 grid(static_cast<unsigned>(query_pairs * largest_group), static_cast<unsigned>(groups),
+    const dim3 grid(static_cast<unsigned>(params.max_query_tiles * largest_group), static_cast<unsigned>(groups),
                     static_cast<unsigned>(batch));
     kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
     gpu::vendor::check_last_launch("warpgroup_prefill_kernel launch");

@@ -2,20 +2,20 @@
 // block_sparse_prefill_kernel (prefill_kernel.hpp), computed with warpgroup matrix instructions.
 //
 // Why a second kernel: mma.sync keeps every accumulator and operand fragment in the issuing warp's
-// registers and reaches about half of Hopper's tensor-core rate (bench/gpu/NOTES.md: ~335 TFLOP/s,
-// parity with FlashAttention-2). wgmma reads K and V straight from shared memory, runs
-// asynchronously, and lets one warpgroup multiply while the other computes its softmax.
+// registers and reached about half of Hopper's tensor-core rate here (bench/gpu/NOTES.md: ~335
+// TFLOP/s, parity with FlashAttention-2). wgmma reads K and V straight from shared memory and runs
+// asynchronously, which frees registers and issue slots for the softmax.
 //
-// One CTA = two warpgroups = two consecutive 64-row query tiles of one head (128 rows). Both tiles
-// walk one merged stream of key tiles: the union of their kept tiles, in ascending order, each tile
-// copied into shared memory once and multiplied by the warpgroup(s) whose row keeps it. Dense causal
-// attention shares every tile but the second tile's diagonal; at low density the union is larger
-// than either row and a warpgroup waits through the tiles only its partner keeps.
+// One CTA = one warpgroup (4 warps) = one 64-row query tile of one head, as in the mma.sync kernel;
+// two CTAs share an SM, and their phases drift apart, so one's softmax overlaps the other's matrix
+// products. (A CTA of two warpgroups walking the merged key stream of two query tiles, sharing each
+// K/V copy, measured 0.81x FlashAttention-2 dense: in lockstep the two softmaxes leave the tensor
+// cores idle; see bench/gpu/NOTES.md.)
 //
-// Per warpgroup and key tile: S = Q K^T (Q fragments in registers, K from a 128-byte-swizzled tile),
-// the masked online softmax of prefill_kernel.hpp (base 2, scale folded in, warp-vote rescale skip),
-// then O += P V with P packed from S's registers and V read transposed from its swizzled tile. K and
-// V tiles stream through kStages shared-memory stages filled by asynchronous copies of all threads.
+// Per key tile: S = Q K^T (Q fragments in registers, K from a 128-byte-swizzled tile), the masked
+// online softmax of prefill_kernel.hpp (base 2, scale folded in, warp-vote rescale skip), then
+// O += P V with P packed from S's registers and V read transposed from its swizzled tile. K and V
+// tiles stream through two shared-memory stages filled by asynchronous copies of all threads.
 #pragma once
 
 #include <cstdint>
@@ -31,32 +31,20 @@
 
 namespace seer::gpu {
 
-// Query tiles per CTA (one warpgroup each). 2: the tiles share each K/V tile copy, one CTA per SM.
-// 1: each warpgroup streams its own tiles, two CTAs per SM, whose phases drift apart so that one's
-// softmax overlaps the other's matrix products. A tuning knob while the two are compared.
-#ifndef SEER_WARPGROUP_QUERY_TILES
-#define SEER_WARPGROUP_QUERY_TILES 2
-#endif
-
 template <class T, int HeadDim>
 struct WarpgroupPrefillTraits {
   static constexpr bool kSupported = HeadDim == 64 || HeadDim == 128;
-  static_assert(kSupported, "the warpgroup prefill kernel supports head dims 64 and 128");
-  static constexpr int kTileRows = 64;  // query rows per warpgroup = keys per tile
-  static constexpr int kWarpgroups = SEER_WARPGROUP_QUERY_TILES;
-  static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two query tiles per CTA");
-  static constexpr int kThreads = kWarpgroups * 128;
-  static constexpr int kQueryRows = kWarpgroups * kTileRows;
+  static_assert(kSupported, "the warpgroup prefill kernel is written for head dims 64 and 128");
+  static constexpr int kTileRows = 64;               // query rows per CTA = keys per tile
+  static constexpr int kThreads = 128;               // one warpgroup
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
-  // K/V tiles in flight: with one CTA per SM the current one and two ahead; with two CTAs per SM
-  // (shared memory for both) the current one and one ahead.
-  static constexpr int kStages = kWarpgroups == 2 ? 3 : 2;
-  static constexpr int kMinBlocksPerMultiprocessor = kWarpgroups == 2 ? 1 : 2;
+  // K/V tiles in flight: the current one and the next. Two CTAs per SM (registers: ~225 per thread).
+  static constexpr int kStages = 2;
+  static constexpr int kMinBlocksPerMultiprocessor = 2;
   static constexpr int kTileBytes = kTileRows * HeadDim * static_cast<int>(sizeof(T));
   static constexpr int kPanelBytes = kTileRows * hopper::kSwizzlePanelRowBytes;  // one 64-column panel of a tile
-  static constexpr int kQueryBytes = kQueryRows * HeadDim * static_cast<int>(sizeof(T));
   // Q staging, then kStages x (K, V); +1024: the dynamic allocation is aligned up to the swizzle period.
-  static constexpr int kSharedBytes = kQueryBytes + kStages * 2 * kTileBytes + 1024;
+  static constexpr int kSharedBytes = kTileBytes + kStages * 2 * kTileBytes + 1024;
 };
 
 namespace detail {
@@ -93,44 +81,6 @@ __device__ inline void load_panel_tile_async(unsigned char* shared_tile, const T
   }
 }
 
-// Walks the union of the key-tile schedules of a CTA's warpgroups in ascending order: current() is
-// the smallest tile some warpgroup still needs (-1 when all are done), and keeps(w) says whether
-// warpgroup w needs it.
-template <int Warpgroups>
-struct MergedKeyTiles {
-  KeyTileSchedule schedule[Warpgroups];
-  std::int64_t step[Warpgroups];
-  std::int64_t tile[Warpgroups];
-
-  __device__ void start() {
-#pragma unroll
-    for (int w = 0; w < Warpgroups; ++w) {
-      step[w] = 0;
-      tile[w] = schedule[w].tile(0);
-    }
-  }
-  __device__ std::int64_t current() const {
-    std::int64_t smallest = -1;
-#pragma unroll
-    for (int w = 0; w < Warpgroups; ++w)
-      if (tile[w] >= 0 && (smallest < 0 || tile[w] < smallest)) smallest = tile[w];
-    return smallest;
-  }
-  // Compares against every entry with compile-time indices: tile[warpgroup] would put the array in local memory.
-  __device__ bool keeps(int warpgroup, std::int64_t key_tile) const {
-    bool kept = false;
-#pragma unroll
-    for (int w = 0; w < Warpgroups; ++w) kept = kept || (w == warpgroup && tile[w] == key_tile);
-    return kept;
-  }
-  __device__ void advance() {
-    const std::int64_t key_tile = current();
-#pragma unroll
-    for (int w = 0; w < Warpgroups; ++w)
-      if (tile[w] == key_tile) tile[w] = schedule[w].tile(++step[w]);
-  }
-};
-
 }  // namespace detail
 
 template <class T, int HeadDim>
@@ -139,7 +89,6 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
     warpgroup_prefill_kernel(const PrefillParams<T> params) {
   using Traits = WarpgroupPrefillTraits<T, HeadDim>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
-  constexpr int kWarpgroups = Traits::kWarpgroups;
   constexpr int kStages = Traits::kStages;
   constexpr int kKeyFragments = Traits::kTileRows / 8;  // n8 column groups of a score row
   constexpr int kDimFragments = HeadDim / 8;            // n8 column groups of an output row
@@ -147,55 +96,47 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
   constexpr float kLn2 = 0.6931471805599453f;
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  // Grid as block_sparse_prefill_kernel's, over pairs of query tiles: (pair x head within a group,
-  // head group, sequence), the highest pairs of all the group's heads first.
-  const std::int64_t max_query_pairs = (params.max_query_tiles + kWarpgroups - 1) / kWarpgroups;
+  // Grid and schedule as block_sparse_prefill_kernel's: (query tile x head within a group, head group,
+  // sequence), the highest query tiles of all the group's heads first.
   const unsigned heads = static_cast<unsigned>(params.q.heads);
   const unsigned group_first_head = blockIdx.y * heads / gridDim.y;
   const unsigned group_heads = (blockIdx.y + 1) * heads / gridDim.y - group_first_head;
-  const unsigned pair_rank = blockIdx.x / group_heads;
-  if (pair_rank >= max_query_pairs) return;
-  const std::int64_t first_query_tile = (max_query_pairs - 1 - static_cast<std::int64_t>(pair_rank)) * kWarpgroups;
+  const unsigned tile_rank = blockIdx.x / group_heads;
+  if (tile_rank >= params.max_query_tiles) return;
+  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(tile_rank);
   const unsigned head = group_first_head + blockIdx.x % group_heads;
   const std::int64_t sequence = blockIdx.z;
 
   const BlockGeometry tiles{params.q.length(sequence), params.k.length(sequence), Traits::kTileRows, params.causal};
-  if (first_query_tile >= tiles.query_blocks()) return;
+  if (query_tile >= tiles.query_blocks()) return;
   const std::int64_t kv_head = head / params.group;
 
-  detail::MergedKeyTiles<kWarpgroups> consumer;
-#pragma unroll
-  for (int w = 0; w < kWarpgroups; ++w) {
-    const std::int64_t query_tile = first_query_tile + w;
-    detail::KeyTileSchedule& schedule = consumer.schedule[w];
-    if (query_tile >= tiles.query_blocks()) continue;  // steps = 0: a tile past the sequence keeps nothing
-    schedule.visible_tiles = tiles.visible_key_blocks(query_tile);
-    if (params.has_blocks) {
-      const BlockSetView& blocks = params.blocks;
-      const std::int64_t block_head = blocks.heads == params.q.heads ? head : kv_head;
-      const std::int64_t row = blocks.row(sequence, block_head, query_tile / params.tiles_per_block);
-      const std::int64_t first = blocks.row_offsets[row];
-      schedule.kept_blocks = blocks.key_blocks + first;
-      schedule.tiles_per_block = params.tiles_per_block;
-      schedule.steps = (blocks.row_offsets[row + 1] - first) * params.tiles_per_block;
-    } else {
-      schedule.steps = schedule.visible_tiles;
-    }
+  detail::KeyTileSchedule schedule;
+  schedule.visible_tiles = tiles.visible_key_blocks(query_tile);
+  if (params.has_blocks) {
+    const BlockSetView& blocks = params.blocks;
+    const std::int64_t block_head = blocks.heads == params.q.heads ? head : kv_head;
+    const std::int64_t row = blocks.row(sequence, block_head, query_tile / params.tiles_per_block);
+    const std::int64_t first = blocks.row_offsets[row];
+    schedule.kept_blocks = blocks.key_blocks + first;
+    schedule.tiles_per_block = params.tiles_per_block;
+    schedule.steps = (blocks.row_offsets[row + 1] - first) * params.tiles_per_block;
+  } else {
+    schedule.steps = schedule.visible_tiles;
   }
-  consumer.start();
-  detail::MergedKeyTiles<kWarpgroups> producer = consumer;  // runs kStages - 1 tiles ahead
+  const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
   extern __shared__ unsigned char dynamic_shared[];
   // The swizzle assumes 1024-byte-aligned panels; the dynamic allocation is only 16-byte aligned.
   unsigned char* const shared_base = dynamic_shared + ((1024 - (vendor::shared_address(dynamic_shared) & 1023)) & 1023);
   unsigned char* const shared_query = shared_base;
-  unsigned char* const shared_stages = shared_base + Traits::kQueryBytes;
+  unsigned char* const shared_stages = shared_base + Traits::kTileBytes;
   auto stage_keys = [&](int stage) { return shared_stages + stage * 2 * Traits::kTileBytes; };
   auto stage_values = [&](int stage) { return shared_stages + stage * 2 * Traits::kTileBytes + Traits::kTileBytes; };
 
   const int thread = static_cast<int>(threadIdx.x);
-  const std::int64_t first_query = first_query_tile * Traits::kTileRows;
-  const std::int64_t query_rows = tiles.q_len - first_query;  // valid rows of the CTA's 128, may exceed it
+  const std::int64_t first_query = query_tile * Traits::kTileRows;
+  const std::int64_t query_rows = tiles.q_len - first_query;  // valid rows of the tile; may exceed 64
   const std::int64_t key_length = tiles.k_len;
 
   auto load_key_tile = [&](std::int64_t key_tile, int stage) {
@@ -209,26 +150,24 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
   };
 
   // Prologue: Q with the first key tile (one group), then the next kStages - 2 tiles, one group each.
-  detail::load_panel_tile_async<Traits::kQueryRows, HeadDim, Traits::kThreads>(
+  // The producer step runs kStages - 1 kept tiles ahead of the consumer step.
+  std::int64_t producer_step = 0;
+  detail::load_panel_tile_async<Traits::kTileRows, HeadDim, Traits::kThreads>(
       shared_query, params.q.vector(sequence, first_query, head), params.q.token_stride, query_rows, thread);
 #pragma unroll
   for (int stage = 0; stage < kStages - 1; ++stage) {
-    const std::int64_t key_tile = producer.current();
+    const std::int64_t key_tile = schedule.tile(producer_step);
     if (key_tile >= 0) {
       load_key_tile(key_tile, stage);
-      producer.advance();
+      ++producer_step;
     }
     vendor::commit_async_copies();
   }
 
-  const int warpgroup = thread / 128;
-  const int warp_in_group = (thread % 128) / 32;
   const int lane = vendor::lane_index();
-  const int group_row = lane / 4;     // accumulator rows g and g + 8 of the warp's 16
-  const int group_column = lane % 4;  // accumulator columns 2t, 2t + 1 of each n8 group
-  const int warp_row = warpgroup * Traits::kTileRows + 16 * warp_in_group;  // first of the warp's rows in the CTA
-  const std::int64_t query_tile = first_query_tile + warpgroup;
-  const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
+  const int group_row = lane / 4;                  // accumulator rows g and g + 8 of the warp's 16
+  const int group_column = lane % 4;               // accumulator columns 2t, 2t + 1 of each n8 group
+  const int warp_row = 16 * vendor::warp_index();  // the warp's 16 rows of the tile
 
   std::uint32_t query_fragments[kDimSteps][4];
   float output[HeadDim / 2];
@@ -238,34 +177,34 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
   float running_sum[2] = {0.0f, 0.0f};                            // this lane's partial sums
 
   int stage = 0;
-  for (std::int64_t iteration = 0;; ++iteration) {
-    const std::int64_t key_tile = consumer.current();
+  for (std::int64_t step = 0;; ++step) {
+    const std::int64_t key_tile = schedule.tile(step);
     if (key_tile < 0) break;
     vendor::wait_async_copies<kStages - 2>();  // this tile's group (and Q with the first) has landed
     hopper::fence_shared_for_async_proxy();    // ... and is visible to the tensor cores
     __syncthreads();                           // for every thread's copies; the stage refilled below is free
 
-    if (iteration == 0) {
+    if (step == 0) {
       // Q fragments (A operand, mma.sync layout): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15).
       const int row = warp_row + (lane % 8) + 8 * ((lane / 8) % 2);
 #pragma unroll
       for (int step_d = 0; step_d < kDimSteps; ++step_d)
         load_matrix_x4(query_fragments[step_d],
-                       shared_query + hopper::swizzled_panel_offset<Traits::kQueryRows>(row, 2 * step_d + lane / 16));
+                       shared_query + hopper::swizzled_panel_offset<Traits::kTileRows>(row, 2 * step_d + lane / 16));
     }
 
-    // Refill the stage the previous iteration read (every warpgroup finished it before the barrier).
+    // Refill the stage the previous step read (its products completed before the barrier).
     {
-      const std::int64_t next_tile = producer.current();
+      const std::int64_t next_tile = schedule.tile(producer_step);
       if (next_tile >= 0) {
         load_key_tile(next_tile, (stage + kStages - 1) % kStages);
-        producer.advance();
+        ++producer_step;
       }
       vendor::commit_async_copies();  // an empty group when nothing is left keeps the count uniform
     }
 
-    if (consumer.keeps(warpgroup, key_tile)) {
-      // ---- scores = Q * K^T: 64 rows x 64 keys per warpgroup ----
+    {
+      // ---- scores = Q * K^T: 64 rows x 64 keys ----
       float scores[Traits::kTileRows / 2];
       hopper::warpgroup_fence();
 #pragma unroll
@@ -356,10 +295,10 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
       hopper::warpgroup_wait<0>();
       hopper::pin_registers(output);
     }
-    consumer.advance();
     stage = (stage + 1) % kStages;
   }
   vendor::wait_async_copies<0>();  // no copy may still target shared memory when the CTA exits
+  __syncthreads();                 // every thread's Q copies have landed before the epilogue reuses the Q tile
 
   // ---- epilogue: normalise, stage the warp's rows in its own rows of the Q tile, store ----
   float log_sum_exp[2];
@@ -386,7 +325,7 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
     for (int f = 0; f < kDimFragments; ++f) {
       const int column = 8 * f + 2 * group_column;
       *reinterpret_cast<std::uint32_t*>(shared_query +
-                                        hopper::swizzled_panel_offset<Traits::kQueryRows>(row, column / 8) +
+                                        hopper::swizzled_panel_offset<Traits::kTileRows>(row, column / 8) +
                                         (column % 8) * static_cast<int>(sizeof(T))) =
           vendor::element_traits<T>::pack(output[4 * f + 2 * half], output[4 * f + 2 * half + 1]);
     }
@@ -400,7 +339,7 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
     const int chunk = index % kChunksPerRow;
     if (row < query_rows) {
       const uint4 data =
-          *reinterpret_cast<const uint4*>(shared_query + hopper::swizzled_panel_offset<Traits::kQueryRows>(row, chunk));
+          *reinterpret_cast<const uint4*>(shared_query + hopper::swizzled_panel_offset<Traits::kTileRows>(row, chunk));
       *reinterpret_cast<uint4*>(params.out.vector(sequence, first_query + row, head) + chunk * 8) = data;
     }
   }
