@@ -55,8 +55,8 @@ __global__ void warpgroup_products(const bfloat16* a, const bfloat16* keys, cons
   for (int step = 0; step < Dim / 16; ++step) {
     std::uint32_t fragment_a[4];
     fragment(a, Dim, 16 * step, fragment_a);
-    const std::uint64_t descriptor = hopper::swizzled_descriptor(
-        key_tile + (step / 4) * kPanelBytes + (step % 4) * 32, kPanelBytes, hopper::kSwizzleGroupBytes);
+    const std::uint64_t descriptor = hopper::swizzled_descriptor(key_tile + (step / 4) * kPanelBytes + (step % 4) * 32,
+                                                                 kPanelBytes, hopper::kSwizzleGroupBytes);
     hopper::warpgroup_fence();
     hopper::warpgroup_multiply<bfloat16, 64, false>(score, fragment_a, descriptor, step > 0);
     hopper::warpgroup_commit();
@@ -68,9 +68,8 @@ __global__ void warpgroup_products(const bfloat16* a, const bfloat16* keys, cons
   for (int step = 0; step < 4; ++step) {
     std::uint32_t fragment_p[4];
     fragment(probabilities, 64, 16 * step, fragment_p);
-    const std::uint64_t descriptor =
-        hopper::swizzled_descriptor(value_tile + step * 2 * hopper::kSwizzleGroupBytes, kPanelBytes,
-                                    hopper::kSwizzleGroupBytes);
+    const std::uint64_t descriptor = hopper::swizzled_descriptor(value_tile + step * 2 * hopper::kSwizzleGroupBytes,
+                                                                 kPanelBytes, hopper::kSwizzleGroupBytes);
     hopper::warpgroup_fence();
     hopper::warpgroup_multiply<bfloat16, Dim, true>(out, fragment_p, descriptor, step > 0);
     hopper::warpgroup_commit();
@@ -79,11 +78,9 @@ __global__ void warpgroup_products(const bfloat16* a, const bfloat16* keys, cons
   hopper::pin_registers(out);
 
   for (int f = 0; f < 8; ++f)
-    for (int c = 0; c < 4; ++c)
-      scores[(row0 + 8 * (c / 2)) * 64 + 8 * f + column0 + c % 2] = score[4 * f + c];
+    for (int c = 0; c < 4; ++c) scores[(row0 + 8 * (c / 2)) * 64 + 8 * f + column0 + c % 2] = score[4 * f + c];
   for (int f = 0; f < Dim / 8; ++f)
-    for (int c = 0; c < 4; ++c)
-      output[(row0 + 8 * (c / 2)) * Dim + 8 * f + column0 + c % 2] = out[4 * f + c];
+    for (int c = 0; c < 4; ++c) output[(row0 + 8 * (c / 2)) * Dim + 8 * f + column0 + c % 2] = out[4 * f + c];
 }
 
 bool hopper_present() {
