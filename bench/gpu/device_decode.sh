@@ -55,7 +55,7 @@ fi
 # Registers, stack and spills of the decode kernels (the deep variant must not spill).
 [ -f "$LIBRARY" ] && cuobjdump --dump-resource-usage "$LIBRARY" 2>/dev/null | grep -A1 "sparse_decode_kernel" |
   grep -o -E "sparse_decode_kernelI[^ ]*|REG:[0-9]+|STACK:[0-9]+|LOCAL:[0-9]+" | paste -d' ' - - - - |
-  sed -E 's/sparse_decode_kernelI([^ ]*)/\1/' | cut -c1-60 | sort -u | head -12
+  awk '{ print $2, $3, $4, substr($1, 1, 70) }' | sort -u | head -12
 
 run_suite() {  # name binary seconds
   local start=$SECONDS rc
