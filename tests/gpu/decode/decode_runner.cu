@@ -29,12 +29,6 @@ void launch_amd_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) 
                   static_cast<unsigned>(params.q.batch));
   kernel<<<grid, Traits::kWarps * gpu::vendor::warp_size, Traits::kSharedBytes, stream>>>(params);
   gpu::vendor::check_last_launch("sparse_decode_kernel_amd launch");
-  if (params.splits > 1) {
-    constexpr int kRowsPerCta = gpu::kDecodeMergeThreads / (HeadDim / 4);
-    const std::int64_t ctas = (params.partial_rows() + kRowsPerCta - 1) / kRowsPerCta;
-    gpu::decode_merge_kernel<T, HeadDim><<<static_cast<unsigned>(ctas), gpu::kDecodeMergeThreads, 0, stream>>>(params);
-    gpu::vendor::check_last_launch("decode_merge_kernel launch");
-  }
 }
 
 template <class T>
@@ -102,20 +96,28 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
 
   gpu::DecodeLaunchShape shape = cuda::detail::automatic_decode_shape(device_q, device_cache, blocks);
   if (call.forced_splits > 0) shape.splits = call.forced_splits;
+  if (call.pipeline != 0) shape.deep_pipeline = call.pipeline == 2;
   const std::int64_t workspace_bytes =
       gpu::decode_workspace_bytes_for(call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
-  if (call.forced_splits == 0 && !call.amd_kernel)  // the public query agrees with the automatic shape
+  if (call.forced_splits == 0 && call.pipeline == 0 && !call.amd_kernel)  // the public query agrees
     if (cuda::decode_workspace_bytes(device_q, device_cache, blocks) != workspace_bytes)
       throw Error("decode_workspace_bytes disagrees with the shape sparse_decode uses");
   DeviceArray<float> workspace((workspace_bytes + 3) / 4);
-  workspace.poison();
+  workspace.poison();  // the partials: every one the merge reads must have been written
+  // The completion counters start zeroed (the documented contract), and every call leaves them so.
+  const std::int64_t counter_offset = gpu::decode_workspace_counter_offset(
+      call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
+  const std::int64_t counters = workspace_bytes > 0 ? (workspace_bytes - counter_offset) / 4 : 0;
+  if (counters > 0)
+    gpu::vendor::fill_device_bytes(reinterpret_cast<unsigned char*>(workspace.get()) + counter_offset, 0,
+                                   static_cast<std::size_t>(counters) * 4, "zero the completion counters");
 
   Stream stream;
   auto enqueue = [&](cudaStream_t on) {
     if (call.amd_kernel) {
       amd_decode<T>(device_q, device_cache, blocks, call.options, device_out, device_lse, workspace.get(),
                     workspace_bytes, shape, on);
-    } else if (call.forced_splits > 0) {
+    } else if (call.forced_splits > 0 || call.pipeline != 0) {
       cuda::detail::sparse_decode_with_shape<T>(device_q, device_cache, blocks, call.options, device_out, device_lse,
                                                 workspace.get(), workspace_bytes, shape, on);
     } else {
@@ -129,6 +131,13 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
     enqueue(stream.get());
   }
   stream.synchronize();
+  if (counters > 0) {
+    std::vector<std::uint32_t> left(static_cast<std::size_t>(counters));
+    gpu::vendor::copy_to_host(left.data(), reinterpret_cast<unsigned char*>(workspace.get()) + counter_offset,
+                              left.size() * 4, "download the completion counters");
+    for (const std::uint32_t value : left)
+      if (value != 0) throw Error("a completion counter was not reset to zero by the call");
+  }
   out.download(call.out.data, call.out_elements);
   if (call.lse.data != nullptr) lse.download(call.lse.data, lse_elements);
   return shape.splits;

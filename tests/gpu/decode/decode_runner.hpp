@@ -36,6 +36,7 @@ struct HostDecodeCall {
   bool capture_in_graph = false;   // capture the call in a CUDA graph and replay it twice
   std::int64_t forced_splits = 0;  // > 0: this split bound instead of the automatic one
   bool amd_kernel = false;         // run seer/gpu/decode_kernel_amd.hpp (portable path) instead
+  int pipeline = 0;                // 0: the automatic kernel; 1: the shallow one (2 CTAs/SM); 2: the deep one
 };
 
 // Runs the call; returns the split bound it used.

@@ -127,7 +127,9 @@ TEST_CASE("gpu decode validation: alignment, strides, LSE, scale, blocks and wor
 
 TEST_CASE("gpu decode: the workspace size follows the split bound") {
   CHECK(gpu::decode_workspace_bytes_for(2, 8, 1, 128, 1) == 0);
-  CHECK(gpu::decode_workspace_bytes_for(2, 8, 3, 128, 5) == 2 * 3 * 8 * 5 * 129 * 4);
+  // Partial outputs and log-sum-exps, then one completion counter per (sequence, query head) at most.
+  CHECK(gpu::decode_workspace_bytes_for(2, 8, 3, 128, 5) == 2 * 3 * 8 * 5 * 129 * 4 + 2 * 8 * 4);
+  CHECK(gpu::decode_workspace_counter_offset(2, 8, 3, 128, 5) == 2 * 3 * 8 * 5 * 129 * 4);
   // A row with few kept tiles takes one split whatever the bound; a long one is capped by it.
   CHECK(gpu::decode_effective_splits(0, 16) == 1);
   CHECK(gpu::decode_effective_splits(3, 16) == 2);
@@ -139,6 +141,19 @@ TEST_CASE("gpu decode: the workspace size follows the split bound") {
   tenth_of_128k.capacity = 206;
   const auto large = gpu::decode_launch_shape(16, 32, 8, 1, 131072, &tenth_of_128k, 264);
   CHECK(large.splits == 7);  // sparse: about three waves of 128 x 7 CTAs over 264 slots
+  CHECK(!large.deep_pipeline);
+  // With the deep-pipeline kernel (132 multiprocessors): batch 16 still takes the shallow one (fewer
+  // than 4 splits per row would fit in a wave); batch 1 takes one wave of 16 splits x 8 KV heads.
+  CHECK(!gpu::decode_launch_shape(16, 32, 8, 1, 131072, &tenth_of_128k, 264, 132).deep_pipeline);
+  DecodeBlockListView tenth_of_32k;
+  tenth_of_32k.capacity = 60;
+  const auto batch_one = gpu::decode_launch_shape(1, 32, 8, 1, 32768, &tenth_of_32k, 264, 132);
+  CHECK(batch_one.deep_pipeline);
+  CHECK(batch_one.splits == 16);
+  DecodeBlockListView few;
+  few.capacity = 5;  // at most 3 useful splits (2 tiles each)
+  CHECK(gpu::decode_launch_shape(1, 32, 8, 1, 32768, &few, 264, 132).splits == 3);
+  CHECK(!gpu::decode_launch_shape(1, 32, 8, 1, 32768, nullptr, 264, 132).deep_pipeline);  // dense: shallow
   const auto chunks = gpu::decode_launch_shape(1, 32, 2, 8, 4096, nullptr, 264);
   CHECK(chunks.heads_per_cta == 8);
   CHECK(chunks.head_chunks == 2);

@@ -43,6 +43,7 @@ struct Case {
   bool capture_in_graph = false;
   std::int64_t forced_splits = 0;
   bool amd_kernel = false;
+  int pipeline = 0;  // 0: automatic; 1: shallow (2 CTAs/SM, 3-4 stages); 2: deep (1 CTA/SM, 6-8 stages)
 };
 
 std::string describe(const Case& c) {
@@ -55,7 +56,10 @@ std::string describe(const Case& c) {
           (c.page_size > 0 ? ", page size " + std::to_string(c.page_size) : ", contiguous") + ", density " +
           std::to_string(c.density) + (c.empty_rows ? ", empty rows" : "") + (c.causal ? "" : ", non-causal") +
           (c.capture_in_graph ? ", CUDA graph" : "") + ", forced splits " + std::to_string(c.forced_splits) +
-          (c.amd_kernel ? ", AMD kernel (portable path)" : "");
+          (c.amd_kernel ? ", AMD kernel (portable path)" : "") +
+          (c.pipeline == 1   ? ", shallow pipeline"
+           : c.pipeline == 2 ? ", deep pipeline"
+                             : "");
   return text;
 }
 
@@ -235,6 +239,7 @@ void check_case(const Case& c) {
   call.capture_in_graph = c.capture_in_graph;
   call.forced_splits = c.forced_splits;
   call.amd_kernel = c.amd_kernel;
+  call.pipeline = c.pipeline;
   const std::int64_t splits = decode_test::run_decode_on_device(call);
   INFO("split bound ", splits);
   if (c.forced_splits > 0) CHECK(splits == c.forced_splits);
@@ -351,17 +356,34 @@ TEST_CASE("gpu decode: dense path, every block kept, and rows that keep no block
   check_both_types(c);
 }
 
-TEST_CASE("gpu decode: forced split counts and the automatic one on a long context") {
-  for (const std::int64_t splits : {1, 2, 3, 7, 40}) {
+TEST_CASE("gpu decode: forced split counts (both pipelines) and the automatic one on a long context") {
+  // 1 to 3 splits give CTAs of 8 to 24 kept tiles: the deep pipeline's steady state runs too.
+  for (const int pipeline : {1, 2})
+    for (const std::int64_t splits : {1, 2, 3, 7, 40}) {
+      Case c;
+      c.packed = true;
+      c.q_lengths = {1, 3};
+      c.lengths = {3000, 190};
+      c.q_heads = 8;
+      c.kv_heads = 2;
+      c.density = 0.5;
+      c.forced_splits = splits;
+      c.pipeline = pipeline;
+      check_both_types(c);
+    }
+  for (const std::int64_t head_dim : {64, 128}) {  // head dim 64 has deeper pipelines (4 and 8 stages)
     Case c;
-    c.packed = true;
-    c.q_lengths = {1, 3};
-    c.lengths = {3000, 190};
-    c.q_heads = 8;
+    c.q_lengths.assign(2, 8);
+    c.lengths = {2500, 4000};
+    c.q_heads = 32;  // group 16 x 8 tokens: two head chunks of 64 rows
     c.kv_heads = 2;
-    c.density = 0.5;
-    c.forced_splits = splits;
-    check_both_types(c);
+    c.head_dim = head_dim;
+    c.density = 0.6;
+    c.forced_splits = 2;
+    for (const int pipeline : {1, 2}) {
+      c.pipeline = pipeline;
+      check_both_types(c);
+    }
   }
   Case c;
   c.q_lengths = {1};

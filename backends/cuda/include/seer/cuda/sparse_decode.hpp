@@ -12,13 +12,17 @@
 // natural-log device view, or empty. Semantics: seer/cpu/decode_attention.hpp (the CPU oracle).
 //
 // workspace: device memory of at least decode_workspace_bytes(q, cache, blocks) bytes (0 when the
-// call needs none; then it may be null), 16-byte aligned, owned by the caller; the call depends on
+// call needs none; then it may be null), 16-byte aligned, owned by the caller, ZERO-FILLED before its
+// first use (e.g. one cudaMemsetAsync after allocating it): it holds the completion counters by which
+// the last CTA of a split row finds itself, and every call leaves them zero again. The size depends on
 // host-known sizes only (batch, heads, head dim, q.max_length, cache.max_length, block capacity and
-// the device), so one query serves every step of a decode loop with fixed shapes.
+// the device), so one workspace serves every step of a decode loop with fixed shapes. Calls that share
+// a workspace must not run concurrently.
 //
-// Stream-ordered: host validation, then one decode kernel and, when some row is split, one merge
-// kernel on `stream`. No host synchronisation, no allocation, capturable in a CUDA graph (the lengths,
-// block lists and page table are read on the device, so a captured graph serves every step).
+// Stream-ordered: host validation, then one decode kernel on `stream` (split rows are merged inside it,
+// in split order: the result does not depend on the order in which CTAs finish). No host
+// synchronisation, no allocation, capturable in a CUDA graph (the lengths, block lists and page table
+// are read on the device, so a captured graph serves every step).
 // Invalid arguments throw seer::InvalidArgument naming the argument; CUDA failures throw
 // seer::BackendError. The caller's contract, which the host cannot check (device memory):
 // q_len(b) <= lengths[b] <= cache.max_length, q_len(b) <= q.max_length, block indices strictly
@@ -45,42 +49,42 @@ inline bool decode_supports_head_dim(std::int64_t head_dim) { return gpu::decode
 
 namespace detail {
 
-// Decode CTAs the current device runs at once: 2 per multiprocessor (the kernels' launch bound; their
-// shared memory allows it for every head dim).
-inline std::int64_t decode_resident_ctas() {
-  int device = 0, multiprocessors = 0;
+// What the launch shape needs to know of the current device: the shallow kernel's resident CTAs (2
+// per multiprocessor, its launch bound; its shared memory allows it for every head dim), and the
+// deep-pipeline kernel's (one per multiprocessor; 0 where a CTA cannot get its shared memory).
+struct DecodeDevice {
+  std::int64_t resident_ctas = 1;
+  std::int64_t deep_pipeline_ctas = 0;
+};
+
+inline DecodeDevice decode_device() {
+  int device = 0, multiprocessors = 0, shared_bytes = 0;
   gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
   gpu::vendor::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
                      "cudaDeviceGetAttribute(MultiProcessorCount)");
-  return 2 * static_cast<std::int64_t>(multiprocessors);
+  gpu::vendor::check(cudaDeviceGetAttribute(&shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                     "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  constexpr int kDeepBytes = gpu::DecodeTraits<bfloat16, 128, 4, true>::kSharedBytes;  // the largest deep CTA
+  return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= kDeepBytes ? multiprocessors : 0};
 }
 
-template <class T, int HeadDim, int RowBlocks>
-void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
-  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks>;
-  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks>;
+template <class T, int HeadDim, int RowBlocks, bool Deep>
+void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
+  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep>;
+  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep>;
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
   gpu::vendor::check_last_launch("sparse_decode_kernel launch");
-  if (params.splits > 1) {
-    constexpr int kRowsPerCta = gpu::kDecodeMergeThreads / (HeadDim / 4);
-    const std::int64_t ctas = (params.partial_rows() + kRowsPerCta - 1) / kRowsPerCta;
-    // Programmatic dependent launch: the merge grid is scheduled while the decode grid finishes and
-    // waits on the device (griddepcontrol.wait) instead of paying a full launch gap after it.
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(ctas));
-    config.blockDim = dim3(gpu::kDecodeMergeThreads);
-    config.dynamicSmemBytes = 0;
-    config.stream = stream;
-    cudaLaunchAttribute attributes[1];
-    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attributes;
-    config.numAttrs = 1;
-    gpu::vendor::check(cudaLaunchKernelEx(&config, gpu::decode_merge_kernel<T, HeadDim>, params),
-                       "decode_merge_kernel launch");
+}
+
+template <class T, int HeadDim, int RowBlocks>
+void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
+  if (params.deep_pipeline) {
+    launch_decode_kernel<T, HeadDim, RowBlocks, true>(params, stream);
+  } else {
+    launch_decode_kernel<T, HeadDim, RowBlocks, false>(params, stream);
   }
 }
 
@@ -103,8 +107,9 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
                                               const DecodeBlockListView* blocks) {
   require(cache.heads > 0 && q.heads % cache.heads == 0, "cache", "has ", cache.heads,
           " KV heads, which does not divide the ", q.heads, " query heads");
+  const DecodeDevice device = decode_device();
   return gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
-                                  decode_resident_ctas());
+                                  device.resident_ctas, device.deep_pipeline_ctas);
 }
 
 }  // namespace detail

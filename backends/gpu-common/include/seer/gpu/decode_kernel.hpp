@@ -9,14 +9,15 @@
 // token row. Its 4 warps split the tile: with R row blocks of 16 rows, warp w takes row block w % R
 // and keys [(w / R) * 64 / (4 / R), ...) of every tile, with its own online softmax (base 2, fp32).
 // At the end the warps' (max, sum, output) are combined through shared memory, and the CTA either
-// writes the output and log-sum-exp (a row with one effective split) or an fp32 partial that
-// decode_merge_kernel combines by log-sum-exp.
+// writes the output and log-sum-exp (a row with one effective split) or an fp32 partial; the last CTA
+// of the (sequence, KV head, head chunk) to finish combines the partials by log-sum-exp (no second
+// kernel: its launch and the wait for the whole decode grid cost more than the combination).
 //
 // Masking: query token t of sequence b sees cache tokens j <= BlockGeometry{q_len, length, 64,
 // causal}.last_visible_key(t) = length - q_len + t; only the last tile or two (the new tokens, the
 // ragged end) pay for the per-element test. Rows past a sequence's length are zero-filled, never read.
 //
-// Shared by both vendors: the CTA plan, the epilogue, the merge kernel. The NVIDIA kernel
+// Shared by both vendors: the CTA plan, the epilogue and the merge. The NVIDIA kernel
 // (mma.sync m16n8k16, ldmatrix, cp.async) is compiled only by nvcc; the AMD kernel
 // (seer/gpu/decode_kernel_amd.hpp) by both compilers.
 #pragma once
@@ -43,7 +44,7 @@ inline constexpr float kLn2 = 0.6931471805599453f;
 
 // What one CTA computes, from its block index and the row's device-side sizes.
 struct DecodeCtaWork {
-  std::int64_t sequence = 0, kv_head = 0, first_head = 0, heads = 0;
+  std::int64_t sequence = 0, kv_head = 0, chunk = 0, first_head = 0, heads = 0;
   std::int64_t query_tokens = 0, cached_tokens = 0, rows = 0;
   std::int64_t key_tiles = 0;                // tiles holding cached tokens
   const std::int32_t* kept_tiles = nullptr;  // null: dense
@@ -76,7 +77,8 @@ template <class T>
 __device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaWork& work) {
   work.sequence = blockIdx.z;
   work.kv_head = blockIdx.y / params.head_chunks;
-  const std::int64_t chunk = blockIdx.y % params.head_chunks;
+  work.chunk = blockIdx.y % params.head_chunks;
+  const std::int64_t chunk = work.chunk;
   work.query_tokens = params.q.length(work.sequence);
   // More tokens than max_query_tokens breaks the caller's contract; clamping keeps the CTA inside its tile.
   if (work.query_tokens > params.max_query_tokens) work.query_tokens = params.max_query_tokens;
@@ -110,9 +112,79 @@ __device__ inline void store_four(T* destination, float a, float b, float c, flo
   *reinterpret_cast<uint2*>(destination) = packed;
 }
 
+// A load that reads the L2, not a possibly stale L1 line: partials written by other CTAs (after the
+// fence and the completion counter that order them before this read).
+__device__ inline float4 load_partial(const float* address) {
+#if defined(__HIPCC__)
+  return *reinterpret_cast<const float4*>(address);  // the acquire fence invalidates AMD's vector L1
+#else
+  return __ldcg(reinterpret_cast<const float4*>(address));
+#endif
+}
+__device__ inline float load_partial_lse(const float* address) {
+#if defined(__HIPCC__)
+  return *address;
+#else
+  return __ldcg(address);
+#endif
+}
+
+// Combines the partials of one (sequence, token, head) row over its `splits` effective splits, 4
+// output dims (quad) per call: out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m). Splits are read
+// kMergeBatch at a time, all loads of a batch issued before their first use, always in split order
+// (the result does not depend on which CTA finished last).
+template <class T, int HeadDim>
+__device__ inline void merge_partial_row(const DecodeParams<T>& params, std::int64_t sequence, std::int64_t token,
+                                         std::int64_t head, int quad, std::int64_t splits) {
+  constexpr int kMergeBatch = 8;
+  const float negative_infinity = -__int_as_float(0x7f800000);
+  const std::int64_t row = params.partial_row(sequence, token, head);
+  const float* const lses = params.partial_lse + row * params.splits;
+  const float* const partials = params.partial_output + row * params.splits * HeadDim + 4 * quad;
+  float peak = negative_infinity, sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+  for (std::int64_t first = 0; first < splits; first += kMergeBatch) {
+    float lse[kMergeBatch];
+    float4 o[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const bool valid = first + i < splits;
+      lse[i] = valid ? load_partial_lse(lses + first + i) : negative_infinity;
+      o[i] = valid ? load_partial(partials + (first + i) * HeadDim) : make_float4(0, 0, 0, 0);
+    }
+    float batch_peak = peak;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) batch_peak = fmaxf(batch_peak, lse[i]);
+    const float base = batch_peak == negative_infinity ? 0.0f : batch_peak;  // no -inf - -inf
+    const float rescale = vendor::fast_exp2(peak - base);
+    sum *= rescale;
+    o0 *= rescale;
+    o1 *= rescale;
+    o2 *= rescale;
+    o3 *= rescale;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const float weight = vendor::fast_exp2(lse[i] - base);
+      sum += weight;
+      o0 += o[i].x * weight;
+      o1 += o[i].y * weight;
+      o2 += o[i].z * weight;
+      o3 += o[i].w * weight;
+    }
+    peak = batch_peak;
+  }
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+  store_four(params.out.vector(sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse, o2 * inverse,
+             o3 * inverse);
+  if (quad == 0 && params.lse != nullptr)
+    params.lse[head * params.lse_head_stride + (params.q.start(sequence) + token) * params.lse_token_stride] =
+        sum > 0.0f ? (peak + __log2f(sum)) * kLn2 : negative_infinity;
+}
+
 // The epilogue of a decode CTA. Warp slot w staged, for its 16 rows of row block w % RowBlocks, the
 // running maximum (log2 units), the row sum and the unnormalised output (stride HeadDim + kStagingPad).
-// Rows combine their KeyGroups slots, then go to the output (one effective split) or the workspace.
+// Rows combine their KeyGroups slots, then go to the output (one effective split) or the workspace;
+// in the second case the CTA counts itself done, and the last of the effective splits to do so merges
+// every split's partial. Every thread of the CTA calls this (it holds block-wide barriers).
 template <class T, int HeadDim, int RowBlocks, int KeyGroups>
 __device__ inline void write_decode_rows(const DecodeParams<T>& params, const DecodeCtaWork& work, const float* maxima,
                                          const float* sums, const float* outputs) {
@@ -157,93 +229,36 @@ __device__ inline void write_decode_rows(const DecodeParams<T>& params, const De
       if (quad == 0) params.partial_lse[partial] = log2_sum_exp;
     }
   }
+  if (direct) return;  // uniform over the CTA
+
+  // Completion count: each thread's partial stores are made visible device-wide (fence) before the
+  // CTA's arrival is counted; the CTA whose arrival completes the count merges, after an acquiring
+  // fence, and puts the counter back to zero for the next call (no other CTA of this launch touches
+  // it again, and the next launch is ordered after this one).
+  __threadfence();
+  __syncthreads();
+  bool last = false;
+  if (threadIdx.x == 0) {
+    std::uint32_t* const counter =
+        params.split_counters + params.counter_index(work.sequence, work.kv_head, work.chunk);
+    const std::uint32_t arrived = atomicAdd(counter, 1u) + 1u;
+    last = arrived == static_cast<std::uint32_t>(work.effective_splits);
+    if (last) *counter = 0u;
+  }
+  if (__syncthreads_or(last ? 1 : 0) == 0) return;
+  __threadfence();
+  for (int item = static_cast<int>(threadIdx.x); item < items; item += static_cast<int>(blockDim.x)) {
+    const int row = item / kQuads, quad = item % kQuads;
+    merge_partial_row<T, HeadDim>(params, work.sequence, work.row_token(row), work.row_head(row), quad,
+                                  work.effective_splits);
+  }
 }
 
 }  // namespace decode_detail
 
-// Programmatic dependent launch (sm_90): the merge kernel is launched while the decode kernel still
-// runs and waits here until the decode grid has finished and its writes are visible; the decode kernel
-// lets it launch once its CTAs reach their epilogues. Elsewhere (HIP, older targets) both are no-ops and
-// stream order alone separates the two kernels.
-__device__ inline void wait_for_previous_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ inline void allow_dependent_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-// Combines the partials of rows with more than one effective split: out = sum_s 2^(lse_s - m) o_s /
-// sum_s 2^(lse_s - m). HeadDim / 4 threads per (sequence, token, query head) row, 4 dims each. Splits
-// are read kMergeBatch at a time, all loads of a batch issued before their first use (a loop that
-// waits for each split's load in turn costs one L2 round trip per split).
-inline constexpr int kDecodeMergeThreads = 128;
-
-template <class T, int HeadDim>
-__global__ void __launch_bounds__(kDecodeMergeThreads) decode_merge_kernel(const DecodeParams<T> params) {
-  constexpr int kQuads = HeadDim / 4;
-  constexpr int kRowsPerCta = kDecodeMergeThreads / kQuads;
-  constexpr int kMergeBatch = 8;
-  const float negative_infinity = -__int_as_float(0x7f800000);
-  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerCta + threadIdx.x / kQuads;
-  const int quad = static_cast<int>(threadIdx.x) % kQuads;
-  if (row >= params.partial_rows()) return;
-  const std::int64_t head = row % params.q.heads;
-  const std::int64_t token = (row / params.q.heads) % params.max_query_tokens;
-  const std::int64_t sequence = row / params.q.heads / params.max_query_tokens;
-  if (token >= params.q.length(sequence)) return;
-  const std::int64_t cached = decode_cached_tokens(params.cache, sequence);
-  const std::int64_t splits =
-      decode_effective_splits(decode_row_tiles(params, sequence, head / params.group, cached), params.splits);
-  if (splits <= 1) return;  // written directly by the decode kernel
-  wait_for_previous_grid();
-  const float* const lses = params.partial_lse + row * params.splits;
-  const float* const partials = params.partial_output + row * params.splits * HeadDim + 4 * quad;
-  float peak = negative_infinity, sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-  for (std::int64_t first = 0; first < splits; first += kMergeBatch) {
-    float lse[kMergeBatch];
-    float4 o[kMergeBatch];
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) {
-      const bool valid = first + i < splits;
-      lse[i] = valid ? lses[first + i] : negative_infinity;
-      o[i] = valid ? *reinterpret_cast<const float4*>(partials + (first + i) * HeadDim) : make_float4(0, 0, 0, 0);
-    }
-    float batch_peak = peak;
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) batch_peak = fmaxf(batch_peak, lse[i]);
-    const float base = batch_peak == negative_infinity ? 0.0f : batch_peak;  // no -inf - -inf
-    const float rescale = vendor::fast_exp2(peak - base);
-    sum *= rescale;
-    o0 *= rescale;
-    o1 *= rescale;
-    o2 *= rescale;
-    o3 *= rescale;
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) {
-      const float weight = vendor::fast_exp2(lse[i] - base);
-      sum += weight;
-      o0 += o[i].x * weight;
-      o1 += o[i].y * weight;
-      o2 += o[i].z * weight;
-      o3 += o[i].w * weight;
-    }
-    peak = batch_peak;
-  }
-  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-  decode_detail::store_four(params.out.vector(sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse,
-                            o2 * inverse, o3 * inverse);
-  if (quad == 0 && params.lse != nullptr)
-    params.lse[head * params.lse_head_stride + (params.q.start(sequence) + token) * params.lse_token_stride] =
-        sum > 0.0f ? (peak + __log2f(sum)) * decode_detail::kLn2 : negative_infinity;
-}
-
 // Tile shapes and the shared-memory budget of the NVIDIA kernel (RowBlocks: 16-row blocks of the
-// query tile, 1, 2 or 4).
-template <class T, int HeadDim, int RowBlocks>
+// query tile, 1, 2 or 4; Deep: the one-CTA-per-multiprocessor variant for small grids).
+template <class T, int HeadDim, int RowBlocks, bool Deep = false>
 struct DecodeTraits {
   static_assert(HeadDim == 64 || HeadDim == 128, "the decode kernel supports head dims 64 and 128");
   static_assert(RowBlocks == 1 || RowBlocks == 2 || RowBlocks == 4, "query tiles have 16, 32 or 64 rows");
@@ -257,8 +272,11 @@ struct DecodeTraits {
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
   static constexpr int kTileElements = kTileRows * HeadDim;
   // Tiles in flight: two or three 32 KB K+V tiles per CTA at head dim 128 keep enough bytes moving
-  // with 2 CTAs per multiprocessor.
-  static constexpr int kStages = HeadDim <= 64 ? 4 : 3;
+  // with 2 CTAs per multiprocessor and many CTAs. A small grid (batch 1: 8 KV heads x splits) has one
+  // CTA per multiprocessor at most, which then holds 5 tiles in flight (7 at head dim 64): a CTA of
+  // up to that many tiles issues all its loads at once instead of waiting a memory latency per pair.
+  static constexpr int kStages = Deep ? (HeadDim <= 64 ? 8 : 6) : (HeadDim <= 64 ? 4 : 3);
+  static constexpr int kCtasPerMultiprocessor = Deep ? 1 : 2;
   static constexpr int kQueryBytes = kQueryRows * HeadDim * static_cast<int>(sizeof(T));
   static constexpr int kPipelineBytes = kStages * 2 * kTileElements * static_cast<int>(sizeof(T));
   static constexpr int kStagingBytes = kWarps * 16 * (HeadDim + decode_detail::kStagingPad + 2) * 4;
@@ -267,10 +285,11 @@ struct DecodeTraits {
 
 #if !defined(__HIPCC__)
 
-template <class T, int HeadDim, int RowBlocks>
-__global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks>::kThreads, 2)
+template <class T, int HeadDim, int RowBlocks, bool Deep>
+__global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kThreads,
+                                  DecodeTraits<T, HeadDim, RowBlocks, Deep>::kCtasPerMultiprocessor)
     sparse_decode_kernel(const DecodeParams<T> params) {
-  using Traits = DecodeTraits<T, HeadDim, RowBlocks>;
+  using Traits = DecodeTraits<T, HeadDim, RowBlocks, Deep>;
   using Mma = matrix_multiply_accumulate<T>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
   constexpr int kStages = Traits::kStages;
@@ -323,10 +342,15 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks>::kThreads,
     }
   };
 
-  // ---- pipeline prologue: Q and the first kStages - 1 tiles, one commit group each ----
+  // ---- pipeline prologue: Q and the first kStages - 1 tiles, one commit group each; their kept
+  // indices are all read before the first copy (a copy is an asm statement with a memory clobber,
+  // which would otherwise order each index load after the previous tile's copies) ----
+  std::int64_t prologue_tiles[kStages - 1];
+#pragma unroll
+  for (int stage = 0; stage < kStages - 1; ++stage) prologue_tiles[stage] = stage < work.steps ? work.tile(stage) : 0;
 #pragma unroll
   for (int stage = 0; stage < kStages - 1; ++stage) {
-    if (stage < work.steps) load_tile(work.tile(stage), stage);
+    if (stage < work.steps) load_tile(prologue_tiles[stage], stage);
     vendor::commit_async_copies();
   }
 
@@ -467,7 +491,6 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks>::kThreads,
     }
   }
   vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
-  allow_dependent_grid();          // the merge kernel may launch (it waits for this grid to finish)
   __syncthreads();                 // every warp is done with the tiles
 
   // ---- stage each warp's (max, sum, output) and combine ----

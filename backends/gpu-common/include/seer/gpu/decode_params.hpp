@@ -11,8 +11,9 @@
 // capacity, the cache's max_length, the number of multiprocessors); each row derives its own
 // effective count on the device from its kept-tile count: at least kDecodeMinTilesPerSplit tiles per
 // split, so rows with few blocks use one split and write their output directly. Rows with more than
-// one effective split write fp32 partial outputs and log-sum-exps to the workspace, and the merge
-// kernel combines them.
+// one effective split write fp32 partial outputs and log-sum-exps to the workspace; the last CTA of a
+// (sequence, KV head, head chunk) to finish, found with a completion counter in the workspace, combines
+// them in split order (deterministic whatever the order the CTAs finish in) and resets the counter.
 #pragma once
 
 #include <algorithm>
@@ -52,12 +53,15 @@ struct DecodeParams {
   std::int64_t lse_token_stride = 0;
   float* partial_output = nullptr;  // workspace: [partial rows][splits][head_dim], normalised
   float* partial_lse = nullptr;     // workspace: [partial rows][splits], base-2 log-sum-exp
-  std::int64_t group = 1;           // query heads per KV head
-  std::int64_t heads_per_cta = 1;   // query heads of one group served by one CTA
-  std::int64_t head_chunks = 1;     // CTAs per group: ceil(group / heads_per_cta)
+  // workspace: one completion counter per (sequence, KV head, head chunk); zero between calls
+  std::uint32_t* split_counters = nullptr;
+  std::int64_t group = 1;          // query heads per KV head
+  std::int64_t heads_per_cta = 1;  // query heads of one group served by one CTA
+  std::int64_t head_chunks = 1;    // CTAs per group: ceil(group / heads_per_cta)
   std::int64_t max_query_tokens = 1;
   std::int64_t splits = 1;       // grid x: the upper bound on any row's effective splits
   bool tile_in_one_page = true;  // contiguous cache, or pages a multiple of 64 tokens
+  bool deep_pipeline = false;    // host-side: launch the one-CTA-per-multiprocessor kernel (more tiles in flight)
   float scale_log2 = 0.0f;       // softmax_scale * log2(e)
 
   // Partial rows are indexed (sequence, token, query head) with the token below max_query_tokens,
@@ -66,6 +70,9 @@ struct DecodeParams {
     return (sequence * max_query_tokens + token) * q.heads + head;
   }
   SEER_HOST_DEVICE std::int64_t partial_rows() const { return q.batch * max_query_tokens * q.heads; }
+  SEER_HOST_DEVICE std::int64_t counter_index(std::int64_t sequence, std::int64_t kv_head, std::int64_t chunk) const {
+    return (sequence * cache.heads + kv_head) * head_chunks + chunk;  // < batch x query heads
+  }
 };
 
 // Tiles that row (sequence, kv_head) reads: its kept-block count, or every tile of the sequence.
@@ -98,6 +105,7 @@ struct DecodeLaunchShape {
   std::int64_t heads_per_cta = 1;
   std::int64_t head_chunks = 1;
   std::int64_t splits = 1;
+  bool deep_pipeline = false;  // one CTA per multiprocessor with more K/V tiles in flight
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -109,12 +117,16 @@ struct DecodeLaunchShape {
 //   random 10% selection), and a single wave of CTAs then waits for the fullest rows. The bound gives
 //   CTAs of about 8 kept tiles, at most about three waves of them, so the hardware scheduler fills the
 //   time the short rows leave (a scheduling simulation of random rows: 70% -> 80% of the ideal at
-//   batch 16, 32k, density 0.1). Measured on the H100 (bench/RESULTS.md, split sweep): 8 splits beat
-//   27 at batch 1, 32k, density 0.1 (19.6 vs 21.6 us): each CTA's start (count, index, K/V latency)
-//   costs more than the parallelism of 2-tile CTAs gains.
+//   batch 16, 32k, density 0.1).
+//   Sparse, small batches (`deep_pipeline_ctas` > 0: the deep-pipeline kernel exists, and that many of
+//   its CTAs run at once, one per multiprocessor): when at least 4 splits of every row fit in one wave,
+//   one wave of deep CTAs. A 3-stage CTA keeps 2 tiles in flight and waits a memory latency for each
+//   further pair; at batch 1 that latency, not the bandwidth, set the time (H100, 32k, density 0.1:
+//   8 splits of ~7 tiles 18.2 us, 16 splits 15.2 us, graph replay; 128k: 1.7 TB/s over kept bytes).
 inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_heads, std::int64_t kv_heads,
                                              std::int64_t max_query_tokens, std::int64_t max_cached_tokens,
-                                             const DecodeBlockListView* blocks, std::int64_t resident_ctas) {
+                                             const DecodeBlockListView* blocks, std::int64_t resident_ctas,
+                                             std::int64_t deep_pipeline_ctas = 0) {
   DecodeLaunchShape shape;
   const std::int64_t group = q_heads / kv_heads;
   const std::int64_t tokens = std::max<std::int64_t>(1, max_query_tokens);
@@ -125,6 +137,11 @@ inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_
   const std::int64_t useful = decode_effective_splits(max_tiles, kDecodeMaxSplits);
   const std::int64_t ctas_per_split = std::max<std::int64_t>(1, batch * kv_heads * shape.head_chunks);
   const std::int64_t slots = std::max<std::int64_t>(1, resident_ctas);
+  if (blocks != nullptr && deep_pipeline_ctas >= 4 * ctas_per_split) {
+    shape.deep_pipeline = true;
+    shape.splits = std::max<std::int64_t>(1, std::min(useful, deep_pipeline_ctas / ctas_per_split));
+    return shape;
+  }
   if (blocks != nullptr) {
     const std::int64_t three_waves = (3 * slots + ctas_per_split - 1) / ctas_per_split;
     const std::int64_t eight_tiles_each = (max_tiles + 7) / 8;  // CTAs long enough to amortise their start
@@ -143,12 +160,22 @@ inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_
   return shape;
 }
 
-// Workspace bytes for a launch shape: fp32 partial outputs and log-sum-exps, none with one split.
+// Workspace bytes for a launch shape: fp32 partial outputs and log-sum-exps, then the completion
+// counters (batch x query heads of them bound the (sequence, KV head, head chunk) triples); none with
+// one split.
 inline std::int64_t decode_workspace_bytes_for(std::int64_t batch, std::int64_t q_heads, std::int64_t max_query_tokens,
                                                std::int64_t head_dim, std::int64_t splits) {
   if (splits <= 1) return 0;
   const std::int64_t rows = batch * max_query_tokens * q_heads;
-  return rows * splits * (head_dim + 1) * static_cast<std::int64_t>(sizeof(float));
+  return rows * splits * (head_dim + 1) * static_cast<std::int64_t>(sizeof(float)) +
+         batch * q_heads * static_cast<std::int64_t>(sizeof(std::uint32_t));
+}
+
+// Byte offset of the completion counters in the workspace (the caller zero-fills them once).
+inline std::int64_t decode_workspace_counter_offset(std::int64_t batch, std::int64_t q_heads,
+                                                    std::int64_t max_query_tokens, std::int64_t head_dim,
+                                                    std::int64_t splits) {
+  return batch * max_query_tokens * q_heads * splits * (head_dim + 1) * static_cast<std::int64_t>(sizeof(float));
 }
 
 template <class T>
@@ -237,6 +264,7 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
   params.head_chunks = shape.head_chunks;
   params.max_query_tokens = q.max_length;
   params.splits = shape.splits;
+  params.deep_pipeline = shape.deep_pipeline;
   params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
   params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
   require(cache.heads * shape.head_chunks <= 65535, "cache", "has ", cache.heads,
@@ -259,6 +287,7 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
             " (ask decode_workspace_bytes)");
     params.partial_output = static_cast<float*>(workspace);
     params.partial_lse = params.partial_output + params.partial_rows() * shape.splits * q.head_dim;
+    params.split_counters = reinterpret_cast<std::uint32_t*>(params.partial_lse + params.partial_rows() * shape.splits);
   }
   return params;
 }

@@ -6,8 +6,9 @@
 // The same contract as seer::cuda::sparse_decode (backends/cuda/include/seer/cuda/sparse_decode.hpp),
 // with a hipStream_t: device views of q (1 to 8 new tokens per sequence), out, the KV cache
 // (contiguous or paged) and the kept blocks (or nullptr: dense), head dim 64 or 128, bf16 or fp16, a
-// caller-owned workspace of decode_workspace_bytes. Stream-ordered: host validation, then the decode
-// kernel and, when a row is split, the merge kernel; no allocation, no synchronisation. Invalid
+// caller-owned workspace of decode_workspace_bytes, zero-filled before its first use (completion
+// counters; every call leaves them zero). Stream-ordered: host validation, then the decode kernel,
+// which also merges split rows; no allocation, no synchronisation. Invalid
 // arguments throw seer::InvalidArgument naming the argument; HIP failures throw seer::BackendError.
 //
 // The kernel (seer/gpu/decode_kernel_amd.hpp) uses MFMA on CDNA2/3, WMMA on RDNA3 and an FMA loop
@@ -66,14 +67,7 @@ void launch_decode(const gpu::DecodeParams<T>& params, int warp_size, hipStream_
                   static_cast<unsigned>(params.q.batch));
   const dim3 block(static_cast<unsigned>(Traits::kWarps * warp_size));
   hipLaunchKernelGGL(kernel, grid, block, Traits::kSharedBytes, stream, params);
-  gpu::vendor::check_last_launch("sparse_decode_kernel_amd launch");
-  if (params.splits > 1) {
-    constexpr int kRowsPerCta = gpu::kDecodeMergeThreads / (HeadDim / 4);
-    const std::int64_t ctas = (params.partial_rows() + kRowsPerCta - 1) / kRowsPerCta;
-    hipLaunchKernelGGL((gpu::decode_merge_kernel<T, HeadDim>), dim3(static_cast<unsigned>(ctas)),
-                       dim3(gpu::kDecodeMergeThreads), 0, stream, params);
-    gpu::vendor::check_last_launch("decode_merge_kernel launch");
-  }
+  gpu::vendor::check_last_launch("sparse_decode_kernel_amd launch");  // split rows are merged inside it
 }
 
 template <class T>
