@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -139,6 +140,9 @@ TEST_CASE("hip decode: paged sparse decode matches the float64 oracle") {
       padded_batch(TensorView<bfloat16, 4>::contiguous(out.get(), {kBatch, kTokens, kQHeads, kDim}), "out");
   const std::int64_t workspace_bytes = hip::decode_workspace_bytes(q_device, cache_device, &device_blocks);
   DeviceArray<float> workspace((workspace_bytes + 3) / 4);
+  // The workspace holds the split rows' completion counters: zero before its first use (the API's contract).
+  gpu::vendor::fill_device_bytes(workspace.get(), 0, static_cast<std::size_t>(workspace.size()) * sizeof(float),
+                                 "zero workspace");
   gpu_test::Stream stream;
   hip::sparse_decode<bfloat16>(q_device, cache_device, &device_blocks, AttentionOptions{}, out_view,
                                TensorView<float, 2>::contiguous(lse.get(), {kQHeads, kBatch * kTokens}),
