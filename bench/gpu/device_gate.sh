@@ -77,12 +77,27 @@ if has profile; then
   echo "ncu: rc=$?"
   grep -E 'seer::gpu::[a-z_]+_kernel|gpu__time_duration' "$OUT/gate_ncu.log" \
     | sed -E 's/.*seer::gpu::([a-z_]+_kernel).*/\1/; s/.*gpu__time_duration.sum +//' | paste - - | tail -40
-  # Where the TopK selection kernel and the key projection spend their time (one launch each).
-  timeout 200 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis -k regex:'block_selection|project_features' --launch-skip 10 --launch-count 3 \
-    $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu_sections.log" 2>&1
-  echo "ncu sections: rc=$?"
-  grep -E 'block_selection|project_features|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Registers|Block Limit' \
-    "$OUT/gate_ncu_sections.log" | sed -E 's/\(seer::gpu::[^)]*\)//; s/ +/ /g' | head -60
+  # Where the TopK selection kernel and the key projection spend their time: the full ncu set on one
+  # launch of each (the TopK selection's third warm-up, the first key projection), per-instruction
+  # stall samples of the selection kernel, and the SASS of both.
+  timeout 240 ncu --clock-control none --set full --import-source no -k regex:'block_selection' --launch-skip 2 \
+    --launch-count 1 -o "$OUT/gate_selection" -f $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu_full.log" 2>&1
+  echo "ncu full (selection): rc=$?"
+  timeout 120 ncu --clock-control none --set full -k regex:'project_features' --launch-count 1 \
+    -o "$OUT/gate_projection" -f $BENCH --lengths 32768 --repeats 1 >>"$OUT/gate_ncu_full.log" 2>&1
+  echo "ncu full (projection): rc=$?"
+  for report in gate_selection gate_projection; do
+    [ -f "$OUT/$report.ncu-rep" ] || continue
+    ncu -i "$OUT/$report.ncu-rep" --page details >"$OUT/${report}_details.log" 2>&1
+    grep -E 'Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Bank|Wavefronts|Executed Ipc|Issue Slots|No Eligible|Stall' \
+      "$OUT/${report}_details.log" | sed -E 's/ +/ /g' | head -40
+  done
+  [ -f "$OUT/gate_selection.ncu-rep" ] &&
+    ncu -i "$OUT/gate_selection.ncu-rep" --page source --csv --print-source sass >"$OUT/gate_selection_sass.csv" 2>&1
+  cuobjdump -sass $BENCH 2>/dev/null | awk '/Function :/{keep = /block_selection_kernelINS_4TopK|project_features_kernelILi128/} keep' \
+    >"$OUT/gate_kernels.sass"
 fi
+# At most 8 files come back from the device machine: everything in one archive, the table beside it.
+(cd "$OUT" && tar czf gate_logs.tgz --exclude=gate_logs.tgz --exclude=gate_bench.md -- * 2>/dev/null &&
+  find . -maxdepth 1 -type f ! -name gate_logs.tgz ! -name gate_bench.md -delete)
 exit $status

@@ -44,8 +44,11 @@
 namespace seer::gpu {
 
 inline constexpr int kSelectionMaxRows = 16;  // rows per work item: 2 rows per thread of the logit loop
-// 16-byte vectors of a key tile per thread: 32 keys x 256 dims or 64 keys x 128 dims over 256 threads.
-inline constexpr int kSelectionStagedVectors = 8;
+// 16-byte vectors of a key tile per thread: up to 8 (32 keys x 256 dims or 64 keys x 128 dims over 256
+// threads), of which the first 4 (a whole 32 x 128 tile) are prefetched in registers during the previous
+// tile's multiply; the others are loaded when stored.
+inline constexpr int kSelectionTileVectors = 8;
+inline constexpr int kSelectionStagedVectors = 4;
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
@@ -449,7 +452,7 @@ __device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& 
 // shared memory: the R query features, one key tile, the logits when they fit, and the warps' scratch
 // (selection_shared_bytes on the host side computes the same layout).
 template <class Policy>
-__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
+__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
     block_selection_kernel(const SelectionParams<Policy> params) {
   extern __shared__ __align__(16) unsigned char selection_shared[];
   constexpr int kWarps = kGateThreads / vendor::warp_size;
@@ -522,6 +525,14 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
           const int i = thread + j * kGateThreads;
           if (i < tile_vectors)
             *reinterpret_cast<float4*>(key_tile + 4 * (i + i / vectors)) = staged[j];  // + 4 floats of padding per key
+        }
+        const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
+        for (int j = kSelectionStagedVectors; j < kSelectionTileVectors; ++j) {
+          const int i = thread + j * kGateThreads;
+          if (i >= tile_vectors) break;
+          *reinterpret_cast<float4*>(key_tile + 4 * (i + i / vectors)) =
+              i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
         __syncthreads();
         if (key_first + keys_per_tile < last_visible) load_tile(key_first + keys_per_tile);

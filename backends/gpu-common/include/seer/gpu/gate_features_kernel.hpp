@@ -1,7 +1,7 @@
 // Stage A of the GPU gate: block features of the SeerAttention prefill gate (seer::LearnedGate) on the
 // device, in fp32, written once per (sequence, head, block): O(S/B * dg) per head.
 //
-//   pool_blocks_kernel     pools the PRE-RoPE q or k of one (sequence, head, block) with the gate
+//   pool_blocks_kernel     pools (one warp each) the PRE-RoPE q or k of one (sequence, head, block) with the gate
 //                          type's poolings (max, min, mean in that order; a partial last block pools its
 //                          valid tokens, the mean divides by their count). When the gate has no q
 //                          projection (every released checkpoint), the pooled query IS the gate's query
@@ -162,27 +162,39 @@ struct PoolParams {
   DeviceRope rope;
 };
 
-// Grid (max_blocks, heads, batch), kGateThreads threads. Thread (group, chunk) reduces 8 components
-// (one 16-byte load) of every `groups`-th token of the block; shared memory combines the groups.
-template <class T>
-__global__ void __launch_bounds__(kGateThreads) pool_blocks_kernel(const PoolParams<T> params) {
-  __shared__ float partial_max[kGateThreads * 8];
-  __shared__ float partial_min[kGateThreads * 8];
-  __shared__ float partial_sum[kGateThreads * 8];
-  __shared__ float feature[3 * kGateMaxHeadDim];
+inline constexpr int kPoolThreads = 128;      // one warp per (sequence, head, block)
+inline constexpr int kPoolLoadsInFlight = 8;  // 16-byte token loads per lane issued before any is reduced
 
-  const std::int64_t block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+// Blocks one CTA of pool_blocks_kernel pools on a device whose warps have `warp_size` lanes. Host code
+// passes the widest warp it may meet (HIP's host pass sees 64), so that the grid covers every block.
+constexpr std::int64_t pool_blocks_per_cta(int warp_size) { return kPoolThreads / warp_size; }
+
+// Grid (ceil(max_blocks / pool_blocks_per_cta), heads, batch), kPoolThreads threads. Warp w pools block
+// blockIdx.x * warps + w: lane (slot, chunk) holds one 16-byte chunk of a token vector (head_dim / 8 lanes
+// per token, warp_size / (head_dim / 8) token slots) and reduces the tokens of its slot with
+// kPoolLoadsInFlight loads in flight; the slots are combined through the warp's shared memory. No
+// CTA-wide barrier: each warp works alone.
+template <class T>
+__global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams<T> params) {
+  constexpr int kWarps = kPoolThreads / vendor::warp_size;
+  __shared__ float partial_max[kPoolThreads * 8];
+  __shared__ float partial_min[kPoolThreads * 8];
+  __shared__ float partial_sum[kPoolThreads * 8];
+  __shared__ float features[kWarps][3 * kGateMaxHeadDim];
+
+  const int warp = vendor::warp_index(), lane = vendor::lane_index();
+  const int thread = static_cast<int>(threadIdx.x);
+  const std::int64_t block = static_cast<std::int64_t>(blockIdx.x) * kWarps + warp, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
   const std::int64_t first = block * params.sequences.block_size;
-  if (first >= length) return;
+  if (block >= params.max_blocks || first >= length) return;  // the whole warp
   const std::int64_t count =
       length - first < params.sequences.block_size ? length - first : params.sequences.block_size;
 
   const int dim = static_cast<int>(params.input.head_dim);
   const int chunks = dim / 8;
-  const int groups = kGateThreads / chunks;
-  const int thread = static_cast<int>(threadIdx.x);
-  const int chunk = thread % chunks, group = thread / chunks;
+  const int slots = vendor::warp_size / chunks;
+  const int slot = lane / chunks, chunk = lane % chunks;
   const float infinity = __int_as_float(0x7f800000);
   float maximum[8], minimum[8], sum[8];
 #pragma unroll
@@ -191,19 +203,17 @@ __global__ void __launch_bounds__(kGateThreads) pool_blocks_kernel(const PoolPar
     minimum[e] = infinity;
     sum[e] = 0.0f;
   }
-  if (group < groups) {
-    // Four tokens' loads in flight before any is reduced (the loop is otherwise latency-bound).
-    constexpr int kLoadsInFlight = 4;
-    const T* source = params.input.vector(b, first + group, h) + chunk * 8;
-    const std::int64_t step = groups * params.input.token_stride;
-    for (std::int64_t t0 = group; t0 < count; t0 += kLoadsInFlight * groups, source += kLoadsInFlight * step) {
-      uint4 raw[kLoadsInFlight];
+  if (slot < slots) {
+    const T* source = params.input.vector(b, first + slot, h) + chunk * 8;
+    const std::int64_t step = slots * params.input.token_stride;
+    for (std::int64_t t0 = slot; t0 < count; t0 += kPoolLoadsInFlight * slots, source += kPoolLoadsInFlight * step) {
+      uint4 raw[kPoolLoadsInFlight];
 #pragma unroll
-      for (int j = 0; j < kLoadsInFlight; ++j)
-        raw[j] = t0 + j * groups < count ? *reinterpret_cast<const uint4*>(source + j * step) : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < kPoolLoadsInFlight; ++j)
+        raw[j] = t0 + j * slots < count ? *reinterpret_cast<const uint4*>(source + j * step) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int j = 0; j < kLoadsInFlight; ++j) {
-        if (t0 + j * groups >= count) break;
+      for (int j = 0; j < kPoolLoadsInFlight; ++j) {
+        if (t0 + j * slots >= count) break;
         const std::uint32_t words[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
@@ -216,44 +226,46 @@ __global__ void __launch_bounds__(kGateThreads) pool_blocks_kernel(const PoolPar
       }
     }
   }
-  // Slot (group, component): component = chunk * 8 + e, so each group's slots are one head vector.
+  // Lane (slot, chunk) stores at thread * 8: the warp's slot s, component d sits at
+  // (warp * warp_size + s * chunks) * 8 + d.
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     partial_max[thread * 8 + e] = maximum[e];
     partial_min[thread * 8 + e] = minimum[e];
     partial_sum[thread * 8 + e] = sum[e];
   }
-  __syncthreads();
+  vendor::sync_warp();
 
+  float* feature = features[warp];
   const float inverse_count = 1.0f / static_cast<float>(count);
-  for (int d = thread; d < dim; d += kGateThreads) {
+  for (int d = lane; d < dim; d += vendor::warp_size) {
     float block_max = -infinity, block_min = infinity, block_sum = 0.0f;
-    for (int g = 0; g < groups; ++g) {
-      const int slot = g * dim + d;  // thread g * chunks + d / 8, component d % 8
-      block_max = fmaxf(block_max, partial_max[slot]);
-      block_min = fminf(block_min, partial_min[slot]);
-      block_sum += partial_sum[slot];
+    for (int s = 0; s < slots; ++s) {
+      const int at = (warp * vendor::warp_size + s * chunks) * 8 + d;
+      block_max = fmaxf(block_max, partial_max[at]);
+      block_min = fminf(block_min, partial_min[at]);
+      block_sum += partial_sum[at];
     }
     for (int p = 0; p < params.pool_count; ++p) {
       const int pooling = params.pools[p];  // BlockPooling: 0 max, 1 min, 2 mean
       feature[p * dim + d] = pooling == 0 ? block_max : pooling == 1 ? block_min : block_sum * inverse_count;
     }
   }
-  __syncthreads();
+  vendor::sync_warp();
 
   const std::int64_t width = static_cast<std::int64_t>(params.pool_count) * dim;
   float* out = params.out + ((b * params.input.heads + h) * params.max_blocks + block) * width;
   if (params.rotate) {
     const std::int64_t position = detail::block_position(params.sequences, b, block, params.is_query);
     const int half = dim / 2;
-    for (int i = thread; i < half; i += kGateThreads) {
+    for (int i = lane; i < half; i += vendor::warp_size) {
       float first_value = feature[i], second_value = feature[i + half];
       detail::rotate_pair(params.rope, position, i, first_value, second_value);
       out[i] = first_value;
       out[i + half] = second_value;
     }
   } else {
-    for (int i = thread; i < width; i += kGateThreads) out[i] = feature[i];
+    for (int i = lane; i < width; i += vendor::warp_size) out[i] = feature[i];
   }
 }
 
@@ -271,16 +283,20 @@ struct ProjectParams {
   DeviceRope rope;
 };
 
-// Grid (ceil(max_blocks / 32), output_heads, batch), kGateThreads threads. Output head o reads input head
-// o / (output_heads / input_heads) (the single-linear layout projects a KV head's features once per
-// query head of its group). Thread (row group, column group) accumulates 4 rows x 4 columns per 128
-// columns; the input tile is stored transposed so that one 16-byte load gives a thread its 4 rows.
-// A template (on the largest feature dim its tiles hold) so that several translation units may include it.
+// Grid (ceil(max_blocks / 32), output_heads, batch), MaxFeatureDim threads (projection_threads). Output
+// head o reads input head o / (output_heads / input_heads) (the single-linear layout projects a KV head's
+// features once per query head of its group). Each warp owns 8 rows x 128 columns, each thread 8 rows x
+// 4 columns: per input feature, two broadcast 16-byte reads of the inputs and one 16-byte read of the
+// weights feed 32 multiply-adds (shared-memory bandwidth, not arithmetic, limits this loop). A template
+// (on the largest feature dim its tiles hold) so that several translation units may include it.
 template <int MaxFeatureDim>
-__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(MaxFeatureDim <= 128 ? 3 : 2))
+__global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim == 128 ? 3 : 2))
     project_features_kernel(const ProjectParams params) {
   static_assert(MaxFeatureDim % 128 == 0 && MaxFeatureDim <= kGateMaxFeatureDim, "tiles cover 128 columns per set");
+  constexpr int kThreads = MaxFeatureDim;
   constexpr int kColumnSets = MaxFeatureDim / 128;
+  constexpr int kRowGroups = kThreads / 32 / kColumnSets;
+  static_assert(kRowGroups * 8 == kProjectionRows, "4 row groups of 8 rows");
   __shared__ __align__(16) float input_tile[kProjectionDepth][kProjectionRows];  // [input feature][row]
   __shared__ __align__(16) float weight_tile[kProjectionDepth * MaxFeatureDim];  // [input feature][column]
 
@@ -293,45 +309,44 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(MaxFeatureDim <=
 
   const int dim = static_cast<int>(params.dim);
   const int thread = static_cast<int>(threadIdx.x);
-  const int column_group = thread % 32;  // columns 4 * column_group + 128 * set
-  const int row_group = thread / 32;     // rows 4 * row_group .. + 3
+  const int warp = thread / 32, lane = thread % 32;
+  const int column = (warp % kColumnSets) * 128 + lane * 4;  // this thread's 4 columns
+  const int row_group = warp / kColumnSets;                  // rows 8 * row_group .. + 7
   const std::int64_t input_head = o / (params.output_heads / params.input_heads);
   const float* input =
       params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
   const float* weights = params.weights != nullptr ? params.weights + o * params.input_width * params.dim : nullptr;
 
   float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply, kProjectionRows * dim <= its size
-  if (params.weights == nullptr) {
+  if (weights == nullptr) {
     // Identity (a gate without q projection fed pre-pooled features): only RoPE remains.
-    for (int i = thread; i < rows * dim; i += kGateThreads)
-      projected[i] = input[(i / dim) * params.input_width + i % dim];
+    for (int i = thread; i < rows * dim; i += kThreads) projected[i] = input[(i / dim) * params.input_width + i % dim];
     __syncthreads();
   } else {
-    float accumulator[kColumnSets][4][4];
+    float accumulator[8][4];
 #pragma unroll
-    for (int s = 0; s < kColumnSets; ++s)
+    for (int r = 0; r < 8; ++r)
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) accumulator[s][r][c] = 0.0f;
+      for (int c = 0; c < 4; ++c) accumulator[r][c] = 0.0f;
 
     // The next step's input and weight tiles are loaded into registers while this step multiplies.
-    constexpr int kStagedInputs = kProjectionDepth * kProjectionRows / kGateThreads;
-    constexpr int kStagedWeights = kProjectionDepth * MaxFeatureDim / 4 / kGateThreads;
+    // Inputs go row-fastest across the threads so that their (transposed) shared stores do not conflict.
+    constexpr int kStagedInputs = kProjectionDepth * kProjectionRows / kThreads;
+    constexpr int kStagedWeights = kProjectionDepth * MaxFeatureDim / 4 / kThreads;
     const int vectors_per_row = dim / 4;
     float staged_inputs[kStagedInputs];
     float4 staged_weights[kStagedWeights];
     auto load_step = [&](std::int64_t depth) {
 #pragma unroll
       for (int j = 0; j < kStagedInputs; ++j) {
-        const int i = thread + j * kGateThreads;
-        const int row = i / kProjectionDepth, k = i % kProjectionDepth;
+        const int i = thread + j * kThreads;
+        const int row = i % kProjectionRows, k = i / kProjectionRows;
         const bool valid = row < rows && depth + k < params.input_width;
         staged_inputs[j] = valid ? input[row * params.input_width + depth + k] : 0.0f;
       }
 #pragma unroll
       for (int j = 0; j < kStagedWeights; ++j) {
-        const int i = thread + j * kGateThreads;
+        const int i = thread + j * kThreads;
         const int k = i / vectors_per_row, v = i % vectors_per_row;
         float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (i < kProjectionDepth * vectors_per_row && depth + k < params.input_width)
@@ -344,12 +359,12 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(MaxFeatureDim <=
       __syncthreads();  // the previous step's tiles are consumed
 #pragma unroll
       for (int j = 0; j < kStagedInputs; ++j) {
-        const int i = thread + j * kGateThreads;
-        input_tile[i % kProjectionDepth][i / kProjectionDepth] = staged_inputs[j];
+        const int i = thread + j * kThreads;
+        input_tile[i / kProjectionRows][i % kProjectionRows] = staged_inputs[j];
       }
 #pragma unroll
       for (int j = 0; j < kStagedWeights; ++j) {
-        const int i = thread + j * kGateThreads;
+        const int i = thread + j * kThreads;
         if (i < kProjectionDepth * vectors_per_row)
           *reinterpret_cast<float4*>(&weight_tile[(i / vectors_per_row) * MaxFeatureDim + (i % vectors_per_row) * 4]) =
               staged_weights[j];
@@ -358,40 +373,32 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(MaxFeatureDim <=
       if (depth + kProjectionDepth < params.input_width) load_step(depth + kProjectionDepth);
 #pragma unroll 8
       for (int k = 0; k < kProjectionDepth; ++k) {
-        const float4 a = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 4]);
-        const float rows_value[4] = {a.x, a.y, a.z, a.w};
+        const float4 low = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 8]);
+        const float4 high = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 8 + 4]);
+        const float4 w = *reinterpret_cast<const float4*>(&weight_tile[k * MaxFeatureDim + column]);
+        const float rows_value[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
+        const float columns_value[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int s = 0; s < kColumnSets; ++s) {
-          if (s * 128 + column_group * 4 >= dim) break;
-          const float4 w =
-              *reinterpret_cast<const float4*>(&weight_tile[k * MaxFeatureDim + s * 128 + column_group * 4]);
-          const float columns_value[4] = {w.x, w.y, w.z, w.w};
+        for (int r = 0; r < 8; ++r)
 #pragma unroll
-          for (int r = 0; r < 4; ++r)
-#pragma unroll
-            for (int c = 0; c < 4; ++c)
-              accumulator[s][r][c] = fmaf(rows_value[r], columns_value[c], accumulator[s][r][c]);
-        }
+          for (int c = 0; c < 4; ++c) accumulator[r][c] = fmaf(rows_value[r], columns_value[c], accumulator[r][c]);
       }
     }
     // The projected rows go through shared memory (the weight tile's space) so RoPE can pair x_i with
     // x_{i + dim/2}.
     __syncthreads();
+    if (column < dim) {
 #pragma unroll
-    for (int s = 0; s < kColumnSets; ++s) {
-      if (s * 128 + column_group * 4 >= dim) continue;
+      for (int r = 0; r < 8; ++r)
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          projected[(row_group * 4 + r) * dim + s * 128 + column_group * 4 + c] = accumulator[s][r][c];
+        for (int c = 0; c < 4; ++c) projected[(row_group * 8 + r) * dim + column + c] = accumulator[r][c];
     }
     __syncthreads();
   }
 
   const int half = dim / 2;
   float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + first_block) * params.dim;
-  for (int i = thread; i < rows * half; i += kGateThreads) {
+  for (int i = thread; i < rows * half; i += kThreads) {
     const int row = i / half, pair = i % half;
     float first_value = projected[row * dim + pair], second_value = projected[row * dim + pair + half];
     detail::rotate_pair(params.rope, detail::block_position(params.sequences, b, first_block + row, params.is_query),

@@ -414,9 +414,9 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
                               vendor::stream_t stream) {
   const dim3 grid = grid_of((params.max_blocks + kProjectionRows - 1) / kProjectionRows, params.output_heads, batch);
   if (params.dim <= 128) {
-    project_features_kernel<128><<<grid, kGateThreads, 0, stream>>>(params);
+    project_features_kernel<128><<<grid, 128, 0, stream>>>(params);
   } else {
-    project_features_kernel<kGateMaxFeatureDim><<<grid, kGateThreads, 0, stream>>>(params);
+    project_features_kernel<kGateMaxFeatureDim><<<grid, kGateMaxFeatureDim, 0, stream>>>(params);
   }
   vendor::check_last_launch(what);
 }
@@ -471,7 +471,10 @@ void launch_pooling(const DeviceLearnedGate& gate, const SequenceBatch<const T>&
   params.max_blocks = max_blocks;
   params.rotate = rotate;
   params.rope = gate.rope();
-  pool_blocks_kernel<T><<<grid_of(max_blocks, input.heads, input.batch), kGateThreads, 0, stream>>>(params);
+  // vendor::warp_size is the widest warp on HIP's host pass, the exact one on CUDA: the grid covers all blocks.
+  const std::int64_t per_cta = pool_blocks_per_cta(vendor::warp_size);
+  pool_blocks_kernel<T>
+      <<<grid_of((max_blocks + per_cta - 1) / per_cta, input.heads, input.batch), kPoolThreads, 0, stream>>>(params);
   vendor::check_last_launch(is_query ? "pool_blocks_kernel launch (queries)" : "pool_blocks_kernel launch (keys)");
 }
 
