@@ -43,7 +43,7 @@
 
 namespace seer::gpu {
 
-inline constexpr int kSelectionMaxRows = 16;  // rows per work item: 2 rows per thread of the logit loop
+inline constexpr int kSelectionMaxRows = 16;  // rows per work item (the logit tiles cover 16 rows x 32 keys)
 // 16-byte vectors of a key tile per thread: up to 8 (32 keys x 256 dims or 64 keys x 128 dims over 256
 // threads), of which the first 4 (a whole 32 x 128 tile) are prefetched in registers during the previous
 // tile's multiply; the others are loaded when stored.
@@ -180,25 +180,30 @@ __device__ inline std::uint32_t radix_key(float logit) {
 // ForcedBlocks::is_forced(geometry, m, n) is "n < sink_blocks, or keep_diagonal and n in
 // [diagonal_first(m), diagonal_last(m)]"; the row keeps the two bounds (BlockGeometry's own functions,
 // evaluated once per row) because the candidate loops ask for every n, and the geometry's 64-bit
-// divisions per candidate cost more than the rest of a radix pass.
+// divisions per candidate cost more than the rest of a radix pass. Candidates are counted in 32 bits
+// (key block indices are int32 in a BlockSet, the plan checks it): the bounds are clamped to [0, visible],
+// which keeps is_forced(n) for every candidate n and halves the instructions of the candidate loops.
 struct RowView {
   const float* logits = nullptr;  // [visible]
-  std::int64_t visible = 0;
+  int visible = 0;
   BlockGeometry geometry;
   std::int64_t m = 0;
   std::int64_t forced_count = 0;
-  std::int64_t sinks = 0;
-  std::int64_t diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
+  int sinks = 0;
+  int diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
 
   __device__ void set_forced(const ForcedBlocks& forced) {
-    sinks = forced.sink_blocks;
+    const auto clamp = [&](std::int64_t value) {
+      return static_cast<int>(value < 0 ? 0 : value > visible ? visible : value);
+    };
+    sinks = clamp(forced.sink_blocks);
     if (forced.keep_diagonal) {
-      diagonal_first = geometry.diagonal_first(m);
-      diagonal_last = geometry.diagonal_last(m);
+      diagonal_first = clamp(geometry.diagonal_first(m));
+      diagonal_last = clamp(geometry.diagonal_last(m) + 1) - 1;
     }
     forced_count = forced_block_count(forced, geometry, m, visible);
   }
-  __device__ bool is_forced(std::int64_t n) const { return n < sinks || (n >= diagonal_first && n <= diagonal_last); }
+  __device__ bool is_forced(int n) const { return n < sinks || (n >= diagonal_first && n <= diagonal_last); }
 };
 
 // Result of a radix select: the unforced blocks whose key, masked, is above `prefix` are taken, and of
@@ -219,7 +224,7 @@ __device__ inline RadixCut radix_select_count(const RowView& row, std::int64_t t
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = lane; i < kRadixBins; i += vendor::warp_size) histogram[i] = 0u;
     vendor::sync_warp();
-    for (std::int64_t n = lane; n < row.visible; n += vendor::warp_size) {
+    for (int n = lane; n < row.visible; n += vendor::warp_size) {
       const std::uint32_t key = radix_key(row.logits[n]);
       if ((key & cut.mask) == cut.prefix && !row.is_forced(n)) atomicAdd(&histogram[(key >> shift) & 0xffu], 1u);
     }
@@ -275,7 +280,7 @@ __device__ inline std::int64_t radix_select_mass(const RowView& row, float peak,
       mass_histogram[i] = 0ull;
     }
     vendor::sync_warp();
-    for (std::int64_t n = lane; n < row.visible; n += vendor::warp_size) {
+    for (int n = lane; n < row.visible; n += vendor::warp_size) {
       const float logit = row.logits[n];
       const std::uint32_t key = radix_key(logit);
       if ((key & mask) == prefix && !row.is_forced(n)) {
@@ -342,8 +347,8 @@ __device__ inline std::int64_t compact_row(const RowView& row, const Keep& keep,
   const vendor::lane_mask_t below = lanes_below();
   std::int64_t kept = 0;
   std::int64_t ties_seen = 0;
-  for (std::int64_t first = 0; first < row.visible; first += vendor::warp_size) {
-    const std::int64_t n = first + lane;
+  for (int first = 0; first < row.visible; first += vendor::warp_size) {
+    const int n = first + lane;
     const bool valid = n < row.visible;
     const bool forced = valid && row.is_forced(n);
     int tie_state = 0;  // 0 not kept, 1 kept, 2 a tie (kept by rank)
@@ -397,12 +402,10 @@ __device__ inline std::int64_t keep_best(const RowView& row, std::int64_t take, 
 // Softmax statistics of the row: its largest logit and 1 / sum(exp(logit - largest)).
 __device__ inline void row_softmax_statistics(const RowView& row, float& peak, float& inverse_total) {
   float largest = -__int_as_float(0x7f800000);
-  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
-    largest = fmaxf(largest, row.logits[n]);
+  for (int n = vendor::lane_index(); n < row.visible; n += vendor::warp_size) largest = fmaxf(largest, row.logits[n]);
   largest = warp_maximum(largest);
   float total = 0.0f;
-  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
-    total += expf(row.logits[n] - largest);
+  for (int n = vendor::lane_index(); n < row.visible; n += vendor::warp_size) total += expf(row.logits[n] - largest);
   peak = largest;
   inverse_total = 1.0f / warp_sum(total);
 }
@@ -430,7 +433,7 @@ __device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& 
   float peak = 0.0f, inverse_total = 0.0f;
   row_softmax_statistics(row, peak, inverse_total);
   std::uint64_t forced_mass = 0;
-  for (std::int64_t n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
+  for (int n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
     if (row.is_forced(n)) {
       const double probability = static_cast<double>(expf(row.logits[n] - peak) * inverse_total);
       forced_mass += static_cast<std::uint64_t>(probability * kMassScale + 0.5);
@@ -448,14 +451,44 @@ __device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& 
 
 }  // namespace detail
 
+namespace detail {
+
+// Adds a thread's 4 x 4 register tile of partial dots over the kLogitSlices lanes of its slice group
+// (lanes lane ^ 1 .. lane ^ 7): each step keeps half of the values and sends the other half to the
+// partner lane, so that after three steps slice s holds the complete dots number 2s and 2s + 1 (row-major
+// in the tile: row s / 2, keys 2 (s % 2) and 2 (s % 2) + 1) for 14 shuffles instead of 48.
+__device__ inline void reduce_logit_tile(const float (&dot)[16], int slice, float& first, float& second) {
+  float eight[8], four[4];
+  const bool upper4 = (slice & 4) != 0, upper2 = (slice & 2) != 0, upper1 = (slice & 1) != 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    eight[j] = (upper4 ? dot[j + 8] : dot[j]) + vendor::shuffle_xor(upper4 ? dot[j] : dot[j + 8], 4);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    four[j] = (upper2 ? eight[j + 4] : eight[j]) + vendor::shuffle_xor(upper2 ? eight[j] : eight[j + 4], 2);
+  first = (upper1 ? four[2] : four[0]) + vendor::shuffle_xor(upper1 ? four[0] : four[2], 1);
+  second = (upper1 ? four[3] : four[1]) + vendor::shuffle_xor(upper1 ? four[1] : four[3], 1);
+}
+
+}  // namespace detail
+
 // Grid: min(items, logit slices) CTAs of kGateThreads threads, each looping over work items. Dynamic
 // shared memory: the R query features, one key tile, the logits when they fit, and the warps' scratch
 // (selection_shared_bytes on the host side computes the same layout).
+//
+// Logits of a key tile: thread (tile, slice), slice = thread % kLogitSlices, accumulates a 4-row x 4-key
+// register tile over its share of the feature dimension (the 16-byte chunks slice, slice + 8, ...), then
+// the 8 slices of a tile sum their partial dots by shuffles (reduce_logit_tile). The 32 tiles cover 16
+// rows x 32 keys (key_tile 32) or 8 rows x 64 keys (key_tile 64, items of at most 8 rows). Per chunk a
+// thread reads 4 query and 4 key vectors for 64 multiply-adds; the 4 tiles of a 32-lane warp are 2 row
+// groups x 2 key groups, so each of those reads is 2 shared-memory wavefronts (256 distinct bytes).
 template <class Policy>
-__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
+__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     block_selection_kernel(const SelectionParams<Policy> params) {
   extern __shared__ __align__(16) unsigned char selection_shared[];
   constexpr int kWarps = kGateThreads / vendor::warp_size;
+  constexpr int kLogitSlices = 8;
+  static_assert(kGateThreads / kLogitSlices == 32, "32 register tiles of 4 x 4 logits per key tile");
   const int dim = static_cast<int>(params.features.dim);
   const int key_stride =
       dim + 4;  // 16 bytes of padding: lanes reading 16-byte vectors of different keys hit different banks
@@ -473,10 +506,24 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
                       : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
 
   const int thread = static_cast<int>(threadIdx.x);
-  // Thread (row pair, key lane): the dot products of rows 2 * row_pair, 2 * row_pair + 1 with one key.
-  // Fewer rows per item take wider key tiles, so that every thread still has work.
-  const int key_lane = thread % keys_per_tile;
-  const int row_pair = thread / keys_per_tile;
+  const int slice = thread % kLogitSlices;
+  const int tile_index = thread / kLogitSlices;
+  // 4 row groups x 8 key groups (key_tile 32) or 2 x 16 (key_tile 64); bit 0 of the tile index picks the
+  // row group and bit 1 the key group, so a warp's 4 tiles are 2 x 2.
+  const int row_groups = keys_per_tile == 64 ? 2 : 4;
+  const int row_group = (tile_index & 1) + 2 * ((tile_index >> 2) & (row_groups / 2 - 1));
+  const int key_group = ((tile_index >> 1) & 1) + 2 * (tile_index >> (row_groups == 4 ? 3 : 2));
+  // After the reduction this thread holds the logits of one row and two adjacent keys of its tile.
+  const int out_row = 4 * row_group + (slice >> 1);
+  const int out_key = 4 * key_group + 2 * (slice & 1);
+  const int vectors = dim / 4;  // 16-byte vectors per key feature
+  const int tile_vectors = keys_per_tile * vectors;
+  // Key of tile vector i, i / vectors, without an integer division per vector: i < 2048 and vectors <= 64,
+  // so (i + 0.5) / vectors stays at least 1/128 away from an integer and fp32 rounding cannot cross one.
+  const float inverse_vectors = 1.0f / static_cast<float>(vectors);
+  const auto padded_at = [&](int i) {  // float offset of vector i in the key tile (+ 4 floats of padding per key)
+    return 4 * (i + static_cast<int>((static_cast<float>(i) + 0.5f) * inverse_vectors));
+  };
   const std::int64_t heads = params.features.heads;
 
   for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
@@ -499,11 +546,8 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
       for (int i = thread; i < rows * dim; i += kGateThreads)
         query_tile[i] = params.features.query[params.features.query_offset(b, h, m0 + i / dim) + i % dim];
       for (int i = thread + rows * dim; i < kSelectionMaxRows * dim; i += kGateThreads) query_tile[i] = 0.0f;
-      const std::int64_t visible0 = g.visible_key_blocks(m0 + 2 * row_pair);
-      const std::int64_t visible1 = g.visible_key_blocks(m0 + 2 * row_pair + 1);
+      const std::int64_t out_visible = out_row < rows ? g.visible_key_blocks(m0 + out_row) : 0;
       // The next key tile is loaded into registers while the current one is multiplied.
-      const int vectors = dim / 4;  // 16-byte vectors per key feature
-      const int tile_vectors = keys_per_tile * vectors;
       float4 staged[kSelectionStagedVectors];
       // Consecutive key features are contiguous: a tile is one run of keys_per_tile * dim floats.
       const float* key_features = params.features.key + params.features.key_offset(b, key_head, 0);
@@ -518,41 +562,48 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
         }
       };
       load_tile(0);
+      const float* query_rows = query_tile + 4 * row_group * dim;
+      const float* key_rows = key_tile + 4 * key_group * key_stride;
       for (std::int64_t key_first = 0; key_first < last_visible; key_first += keys_per_tile) {
         __syncthreads();  // the key tile is free
 #pragma unroll
         for (int j = 0; j < kSelectionStagedVectors; ++j) {
           const int i = thread + j * kGateThreads;
-          if (i < tile_vectors)
-            *reinterpret_cast<float4*>(key_tile + 4 * (i + i / vectors)) = staged[j];  // + 4 floats of padding per key
+          if (i < tile_vectors) *reinterpret_cast<float4*>(key_tile + padded_at(i)) = staged[j];
         }
         const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
         for (int j = kSelectionStagedVectors; j < kSelectionTileVectors; ++j) {
           const int i = thread + j * kGateThreads;
           if (i >= tile_vectors) break;
-          *reinterpret_cast<float4*>(key_tile + 4 * (i + i / vectors)) =
+          *reinterpret_cast<float4*>(key_tile + padded_at(i)) =
               i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
         __syncthreads();
         if (key_first + keys_per_tile < last_visible) load_tile(key_first + keys_per_tile);
-        float dot0 = 0.0f, dot1 = 0.0f;
-        const float* key_row = key_tile + key_lane * key_stride;
-        const float* query0 = query_tile + (2 * row_pair) * dim;
-        const float* query1 = query0 + dim;
-#pragma unroll 4
-        for (int d = 0; d < dim; d += 4) {
-          const float4 k = *reinterpret_cast<const float4*>(key_row + d);
-          const float4 a = *reinterpret_cast<const float4*>(query0 + d);
-          const float4 c = *reinterpret_cast<const float4*>(query1 + d);
-          dot0 = fmaf(a.x, k.x, fmaf(a.y, k.y, fmaf(a.z, k.z, fmaf(a.w, k.w, dot0))));
-          dot1 = fmaf(c.x, k.x, fmaf(c.y, k.y, fmaf(c.z, k.z, fmaf(c.w, k.w, dot1))));
+        float dot[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) dot[j] = 0.0f;
+#pragma unroll 1
+        for (int c = 4 * slice; c < dim; c += 4 * kLogitSlices) {
+          float4 k[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) k[j] = *reinterpret_cast<const float4*>(key_rows + j * key_stride + c);
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float4 a = *reinterpret_cast<const float4*>(query_rows + r * dim + c);
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              dot[4 * r + j] =
+                  fmaf(a.w, k[j].w, fmaf(a.z, k[j].z, fmaf(a.y, k[j].y, fmaf(a.x, k[j].x, dot[4 * r + j]))));
+          }
         }
-        const std::int64_t n = key_first + key_lane;
-        if (2 * row_pair < rows && n < visible0)
-          logits[(2 * row_pair) * params.row_stride + n] = dot0 * params.features.scale;
-        if (2 * row_pair + 1 < rows && n < visible1)
-          logits[(2 * row_pair + 1) * params.row_stride + n] = dot1 * params.features.scale;
+        float first = 0.0f, second = 0.0f;
+        detail::reduce_logit_tile(dot, slice, first, second);
+        const std::int64_t n = key_first + out_key;
+        float* out = logits + static_cast<std::int64_t>(out_row) * params.row_stride;
+        if (n < out_visible) out[n] = first * params.features.scale;
+        if (n + 1 < out_visible) out[n + 1] = second * params.features.scale;
       }
       __syncthreads();  // logits complete (global slices too: the barrier orders the CTA's own writes)
     }
@@ -562,7 +613,7 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(3))
       const std::int64_t row = first_row + r;
       detail::RowView view;
       view.logits = logits + r * params.row_stride;
-      view.visible = g.visible_key_blocks(m);
+      view.visible = static_cast<int>(g.visible_key_blocks(m));
       view.geometry = g;
       view.m = m;
       view.set_forced(params.forced);

@@ -178,6 +178,8 @@ class GateSelectionPlan {
     max_key_blocks_ = BlockGeometry::ceil_div(k_max_length, block_size_);
     require(max_query_blocks_ <= 2147483647 / std::max<std::int64_t>(1, heads_), "q_max_length", q_max_length,
             " tokens give too many query blocks for int32 block offsets");
+    require(max_key_blocks_ <= 2147483647, "k_max_length", k_max_length,
+            " tokens give too many key blocks for int32 block indices");
     row_stride_ = std::max<std::int64_t>(4, (max_key_blocks_ + 3) / 4 * 4);
     const std::int64_t row_bytes = row_stride_ * static_cast<std::int64_t>(sizeof(float));
     // Logits in shared memory when at least 4 rows fit (fewer rows per item would re-read the key
