@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "seer/core/numeric_types.hpp"
 #include "seer/gpu/vendor.hpp"
@@ -44,8 +45,11 @@ __device__ constexpr int swizzled_panel_offset(int row, int chunk) {
 
 // The 64-bit shared-memory matrix descriptor of a 128-byte-swizzled operand starting at `start`
 // (1024-byte aligned, or 32-byte steps inside a swizzle row for successive k16 slices of a K-major
-// operand). leading/stride byte offsets: the distance between panels along the non-contiguous and
-// contiguous ... see the callers; the PTX ISA defines the fields (14 bits each, in 16-byte units).
+// operand). stride_byte_offset: the distance between consecutive 8-row groups (1024 in this layout).
+// leading_byte_offset: for an MN-major (transposed) operand, the distance between its 64-column panels;
+// a K-major operand whose k16 slice lies inside one panel does not use it. Fields of 14 bits in
+// 16-byte units, as the PTX ISA defines them; the probe test (tests/gpu/test_warpgroup_mma.cu) checks
+// both uses against a float64 product.
 __device__ inline std::uint64_t swizzled_descriptor(const void* start, std::uint32_t leading_byte_offset,
                                                     std::uint32_t stride_byte_offset) {
   const std::uint32_t address = vendor::shared_address(start);
@@ -100,64 +104,85 @@ __device__ inline void pin_registers(float (&values)[Count]) {
 
 namespace detail {
 
+// The m64n64k16 instruction for 16-bit inputs of type TYPE ("bf16" or "f16"): 32 fp32 accumulators,
+// 4 A registers, the B descriptor, a predicate that is false on the first product (overwrite), trans-b.
+#define SEER_WGMMA_M64N64K16(TYPE)                                                 \
+  "{\n.reg .pred keep;\nsetp.ne.b32 keep, %37, 0;\n"                               \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                      \
+  " "                                                                              \
+  "{"                                                                              \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "         \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
+  "}, {%32, %33, %34, %35}, %36, keep, 1, 1, %38;\n}\n"
+
+#define SEER_WGMMA_M64N64K16_OPERANDS                                                           \
+  : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), \
+    "+f"(accumulator[4]), "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), \
+    "+f"(accumulator[8]), "+f"(accumulator[9]), "+f"(accumulator[10]), "+f"(accumulator[11]), \
+    "+f"(accumulator[12]), "+f"(accumulator[13]), "+f"(accumulator[14]), "+f"(accumulator[15]), \
+    "+f"(accumulator[16]), "+f"(accumulator[17]), "+f"(accumulator[18]), "+f"(accumulator[19]), \
+    "+f"(accumulator[20]), "+f"(accumulator[21]), "+f"(accumulator[22]), "+f"(accumulator[23]), \
+    "+f"(accumulator[24]), "+f"(accumulator[25]), "+f"(accumulator[26]), "+f"(accumulator[27]), \
+    "+f"(accumulator[28]), "+f"(accumulator[29]), "+f"(accumulator[30]), "+f"(accumulator[31]) \
+  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB)
+
+// The m64n128k16 instruction for 16-bit inputs of type TYPE ("bf16" or "f16"): 64 fp32 accumulators,
+// 4 A registers, the B descriptor, a predicate that is false on the first product (overwrite), trans-b.
+#define SEER_WGMMA_M64N128K16(TYPE)                                                  \
+  "{\n.reg .pred keep;\nsetp.ne.b32 keep, %69, 0;\n"                                 \
+  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                       \
+  " "                                                                                \
+  "{"                                                                                \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"   \
+  "}, {%64, %65, %66, %67}, %68, keep, 1, 1, %70;\n}\n"
+
+#define SEER_WGMMA_M64N128K16_OPERANDS                                                          \
+  : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), \
+    "+f"(accumulator[4]), "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), \
+    "+f"(accumulator[8]), "+f"(accumulator[9]), "+f"(accumulator[10]), "+f"(accumulator[11]), \
+    "+f"(accumulator[12]), "+f"(accumulator[13]), "+f"(accumulator[14]), "+f"(accumulator[15]), \
+    "+f"(accumulator[16]), "+f"(accumulator[17]), "+f"(accumulator[18]), "+f"(accumulator[19]), \
+    "+f"(accumulator[20]), "+f"(accumulator[21]), "+f"(accumulator[22]), "+f"(accumulator[23]), \
+    "+f"(accumulator[24]), "+f"(accumulator[25]), "+f"(accumulator[26]), "+f"(accumulator[27]), \
+    "+f"(accumulator[28]), "+f"(accumulator[29]), "+f"(accumulator[30]), "+f"(accumulator[31]), \
+    "+f"(accumulator[32]), "+f"(accumulator[33]), "+f"(accumulator[34]), "+f"(accumulator[35]), \
+    "+f"(accumulator[36]), "+f"(accumulator[37]), "+f"(accumulator[38]), "+f"(accumulator[39]), \
+    "+f"(accumulator[40]), "+f"(accumulator[41]), "+f"(accumulator[42]), "+f"(accumulator[43]), \
+    "+f"(accumulator[44]), "+f"(accumulator[45]), "+f"(accumulator[46]), "+f"(accumulator[47]), \
+    "+f"(accumulator[48]), "+f"(accumulator[49]), "+f"(accumulator[50]), "+f"(accumulator[51]), \
+    "+f"(accumulator[52]), "+f"(accumulator[53]), "+f"(accumulator[54]), "+f"(accumulator[55]), \
+    "+f"(accumulator[56]), "+f"(accumulator[57]), "+f"(accumulator[58]), "+f"(accumulator[59]), \
+    "+f"(accumulator[60]), "+f"(accumulator[61]), "+f"(accumulator[62]), "+f"(accumulator[63]) \
+  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB)
+
+// The instructions, one function per shape; the element type only changes the type names in the text.
 template <class T, bool TransposeB>
-struct warpgroup_mma_kernels;
+struct warpgroup_mma_kernels {
+  static_assert(std::is_same_v<T, seer::bfloat16> || std::is_same_v<T, seer::half>, "16-bit inputs only");
 
-template <bool TransposeB>
-struct warpgroup_mma_kernels<seer::bfloat16, TransposeB> {
   __device__ static void m64n64k16(float (&accumulator)[32], const std::uint32_t (&a)[4], std::uint64_t b_descriptor,
                                    std::uint32_t accumulate) {
 #if SEER_WARPGROUP_MMA_AVAILABLE
-    asm volatile(
-        "{\n.reg .pred keep;\nsetp.ne.b32 keep, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, {%32, %33, %34, %35}, %36, keep, 1, 1, %38;\n}\n"
-        : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), "+f"(accumulator[4]),
-          "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), "+f"(accumulator[8]), "+f"(accumulator[9]),
-          "+f"(accumulator[10]), "+f"(accumulator[11]), "+f"(accumulator[12]), "+f"(accumulator[13]),
-          "+f"(accumulator[14]), "+f"(accumulator[15]), "+f"(accumulator[16]), "+f"(accumulator[17]),
-          "+f"(accumulator[18]), "+f"(accumulator[19]), "+f"(accumulator[20]), "+f"(accumulator[21]),
-          "+f"(accumulator[22]), "+f"(accumulator[23]), "+f"(accumulator[24]), "+f"(accumulator[25]),
-          "+f"(accumulator[26]), "+f"(accumulator[27]), "+f"(accumulator[28]), "+f"(accumulator[29]),
-          "+f"(accumulator[30]), "+f"(accumulator[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB));
+    if constexpr (std::is_same_v<T, seer::bfloat16>)
+      asm volatile(SEER_WGMMA_M64N64K16("bf16") SEER_WGMMA_M64N64K16_OPERANDS);
+    else
+      asm volatile(SEER_WGMMA_M64N64K16("f16") SEER_WGMMA_M64N64K16_OPERANDS);
 #else
     (void)accumulator, (void)a, (void)b_descriptor, (void)accumulate;
     __trap();
 #endif
   }
+
   __device__ static void m64n128k16(float (&accumulator)[64], const std::uint32_t (&a)[4], std::uint64_t b_descriptor,
                                     std::uint32_t accumulate) {
 #if SEER_WARPGROUP_MMA_AVAILABLE
-    asm volatile(
-        "{\n.reg .pred keep;\nsetp.ne.b32 keep, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, keep, 1, 1, %70;\n}\n"
-        : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), "+f"(accumulator[4]),
-          "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), "+f"(accumulator[8]), "+f"(accumulator[9]),
-          "+f"(accumulator[10]), "+f"(accumulator[11]), "+f"(accumulator[12]), "+f"(accumulator[13]),
-          "+f"(accumulator[14]), "+f"(accumulator[15]), "+f"(accumulator[16]), "+f"(accumulator[17]),
-          "+f"(accumulator[18]), "+f"(accumulator[19]), "+f"(accumulator[20]), "+f"(accumulator[21]),
-          "+f"(accumulator[22]), "+f"(accumulator[23]), "+f"(accumulator[24]), "+f"(accumulator[25]),
-          "+f"(accumulator[26]), "+f"(accumulator[27]), "+f"(accumulator[28]), "+f"(accumulator[29]),
-          "+f"(accumulator[30]), "+f"(accumulator[31]), "+f"(accumulator[32]), "+f"(accumulator[33]),
-          "+f"(accumulator[34]), "+f"(accumulator[35]), "+f"(accumulator[36]), "+f"(accumulator[37]),
-          "+f"(accumulator[38]), "+f"(accumulator[39]), "+f"(accumulator[40]), "+f"(accumulator[41]),
-          "+f"(accumulator[42]), "+f"(accumulator[43]), "+f"(accumulator[44]), "+f"(accumulator[45]),
-          "+f"(accumulator[46]), "+f"(accumulator[47]), "+f"(accumulator[48]), "+f"(accumulator[49]),
-          "+f"(accumulator[50]), "+f"(accumulator[51]), "+f"(accumulator[52]), "+f"(accumulator[53]),
-          "+f"(accumulator[54]), "+f"(accumulator[55]), "+f"(accumulator[56]), "+f"(accumulator[57]),
-          "+f"(accumulator[58]), "+f"(accumulator[59]), "+f"(accumulator[60]), "+f"(accumulator[61]),
-          "+f"(accumulator[62]), "+f"(accumulator[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB));
+    if constexpr (std::is_same_v<T, seer::bfloat16>)
+      asm volatile(SEER_WGMMA_M64N128K16("bf16") SEER_WGMMA_M64N128K16_OPERANDS);
+    else
+      asm volatile(SEER_WGMMA_M64N128K16("f16") SEER_WGMMA_M64N128K16_OPERANDS);
 #else
     (void)accumulator, (void)a, (void)b_descriptor, (void)accumulate;
     __trap();
@@ -165,67 +190,10 @@ struct warpgroup_mma_kernels<seer::bfloat16, TransposeB> {
   }
 };
 
-template <bool TransposeB>
-struct warpgroup_mma_kernels<seer::half, TransposeB> {
-  __device__ static void m64n64k16(float (&accumulator)[32], const std::uint32_t (&a)[4], std::uint64_t b_descriptor,
-                                   std::uint32_t accumulate) {
-#if SEER_WARPGROUP_MMA_AVAILABLE
-    asm volatile(
-        "{\n.reg .pred keep;\nsetp.ne.b32 keep, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, {%32, %33, %34, %35}, %36, keep, 1, 1, %38;\n}\n"
-        : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), "+f"(accumulator[4]),
-          "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), "+f"(accumulator[8]), "+f"(accumulator[9]),
-          "+f"(accumulator[10]), "+f"(accumulator[11]), "+f"(accumulator[12]), "+f"(accumulator[13]),
-          "+f"(accumulator[14]), "+f"(accumulator[15]), "+f"(accumulator[16]), "+f"(accumulator[17]),
-          "+f"(accumulator[18]), "+f"(accumulator[19]), "+f"(accumulator[20]), "+f"(accumulator[21]),
-          "+f"(accumulator[22]), "+f"(accumulator[23]), "+f"(accumulator[24]), "+f"(accumulator[25]),
-          "+f"(accumulator[26]), "+f"(accumulator[27]), "+f"(accumulator[28]), "+f"(accumulator[29]),
-          "+f"(accumulator[30]), "+f"(accumulator[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB));
-#else
-    (void)accumulator, (void)a, (void)b_descriptor, (void)accumulate;
-    __trap();
-#endif
-  }
-  __device__ static void m64n128k16(float (&accumulator)[64], const std::uint32_t (&a)[4], std::uint64_t b_descriptor,
-                                    std::uint32_t accumulate) {
-#if SEER_WARPGROUP_MMA_AVAILABLE
-    asm volatile(
-        "{\n.reg .pred keep;\nsetp.ne.b32 keep, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, keep, 1, 1, %70;\n}\n"
-        : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), "+f"(accumulator[4]),
-          "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), "+f"(accumulator[8]), "+f"(accumulator[9]),
-          "+f"(accumulator[10]), "+f"(accumulator[11]), "+f"(accumulator[12]), "+f"(accumulator[13]),
-          "+f"(accumulator[14]), "+f"(accumulator[15]), "+f"(accumulator[16]), "+f"(accumulator[17]),
-          "+f"(accumulator[18]), "+f"(accumulator[19]), "+f"(accumulator[20]), "+f"(accumulator[21]),
-          "+f"(accumulator[22]), "+f"(accumulator[23]), "+f"(accumulator[24]), "+f"(accumulator[25]),
-          "+f"(accumulator[26]), "+f"(accumulator[27]), "+f"(accumulator[28]), "+f"(accumulator[29]),
-          "+f"(accumulator[30]), "+f"(accumulator[31]), "+f"(accumulator[32]), "+f"(accumulator[33]),
-          "+f"(accumulator[34]), "+f"(accumulator[35]), "+f"(accumulator[36]), "+f"(accumulator[37]),
-          "+f"(accumulator[38]), "+f"(accumulator[39]), "+f"(accumulator[40]), "+f"(accumulator[41]),
-          "+f"(accumulator[42]), "+f"(accumulator[43]), "+f"(accumulator[44]), "+f"(accumulator[45]),
-          "+f"(accumulator[46]), "+f"(accumulator[47]), "+f"(accumulator[48]), "+f"(accumulator[49]),
-          "+f"(accumulator[50]), "+f"(accumulator[51]), "+f"(accumulator[52]), "+f"(accumulator[53]),
-          "+f"(accumulator[54]), "+f"(accumulator[55]), "+f"(accumulator[56]), "+f"(accumulator[57]),
-          "+f"(accumulator[58]), "+f"(accumulator[59]), "+f"(accumulator[60]), "+f"(accumulator[61]),
-          "+f"(accumulator[62]), "+f"(accumulator[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB));
-#else
-    (void)accumulator, (void)a, (void)b_descriptor, (void)accumulate;
-    __trap();
-#endif
-  }
-};
+#undef SEER_WGMMA_M64N64K16
+#undef SEER_WGMMA_M64N64K16_OPERANDS
+#undef SEER_WGMMA_M64N128K16
+#undef SEER_WGMMA_M64N128K16_OPERANDS
 
 }  // namespace detail
 
