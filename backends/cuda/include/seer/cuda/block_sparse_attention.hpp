@@ -93,33 +93,34 @@ inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
   return kernel != PrefillKernel::mma_sync && available;
 }
 
-template <class T, int HeadDim>
-void launch_warpgroup_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch,
-                              cudaStream_t stream) {
-  if constexpr (HeadDim == 128) {
-    using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
-    auto* kernel = &gpu::warpgroup_prefill_kernel<T, HeadDim>;
-    gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
-    const std::int64_t groups = prefill_head_groups(params, heads);
-    const std::int64_t largest_group = (heads + groups - 1) / groups;
-    const dim3 grid(static_cast<unsigned>(params.max_query_tiles * largest_group), static_cast<unsigned>(groups),
-                    static_cast<unsigned>(batch));
-    kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
-    gpu::vendor::check_last_launch("warpgroup_prefill_kernel launch");
-  }
-}
-
-template <class T, int HeadDim>
-void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch, cudaStream_t stream) {
-  using Traits = gpu::PrefillTraits<T, HeadDim>;
-  auto* kernel = &gpu::block_sparse_prefill_kernel<T, HeadDim>;
-  gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
+// Launches one of the prefill kernels (both take PrefillParams and one 64-row query tile per CTA)
+// on the head-grouped grid: (query tile x head within a group, head group, sequence).
+template <class T, class Kernel>
+void launch_prefill_kernel(Kernel* kernel, int threads, int shared_bytes, const gpu::PrefillParams<T>& params,
+                           std::int64_t heads, std::int64_t batch, cudaStream_t stream, const char* name) {
+  gpu::vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
   const std::int64_t groups = prefill_head_groups(params, heads);
   const std::int64_t largest_group = (heads + groups - 1) / groups;
   const dim3 grid(static_cast<unsigned>(params.max_query_tiles * largest_group), static_cast<unsigned>(groups),
                   static_cast<unsigned>(batch));
-  kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
-  gpu::vendor::check_last_launch("block_sparse_prefill_kernel launch");
+  kernel<<<grid, threads, shared_bytes, stream>>>(params);
+  gpu::vendor::check_last_launch(name);
+}
+
+template <class T, int HeadDim>
+void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch, bool warpgroup,
+                    cudaStream_t stream) {
+  if constexpr (HeadDim == 128) {
+    if (warpgroup) {
+      using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
+      launch_prefill_kernel(&gpu::warpgroup_prefill_kernel<T, HeadDim>, Traits::kThreads, Traits::kSharedBytes, params,
+                            heads, batch, stream, "warpgroup_prefill_kernel launch");
+      return;
+    }
+  }
+  using Traits = gpu::PrefillTraits<T, HeadDim>;
+  launch_prefill_kernel(&gpu::block_sparse_prefill_kernel<T, HeadDim>, Traits::kThreads, Traits::kSharedBytes, params,
+                        heads, batch, stream, "block_sparse_prefill_kernel launch");
 }
 
 }  // namespace detail
@@ -133,10 +134,7 @@ void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, 
   const bool warpgroup = detail::use_warpgroup_kernel(kernel, q.head_dim);
   if (q.batch == 0 || params.max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
   gpu::dispatch_prefill_head_dim(q.head_dim, [&](auto head_dim) {
-    if (warpgroup)
-      detail::launch_warpgroup_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
-    else
-      detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, stream);
+    detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, warpgroup, stream);
   });
 }
 
