@@ -36,7 +36,7 @@ fi
 
 if has sass; then
   # Where local-memory spills sit relative to the tensor-core loop of the head-dim-128 bf16 kernel.
-  cuobjdump -sass -fun '_ZN4seer3gpu27warpgroup_prefill_kernelINS_8bfloat16ELi128EEEvNS0_13PrefillParamsIT_EE' \
+  cuobjdump -sass -fun '_ZN4seer3gpu24warpgroup_prefill_kernelINS_8bfloat16ELi128EEEvNS0_13PrefillParamsIT_EE' \
     $BUILD/bench/gpu/libseer_bench_prefill_capi.so >"$OUT/sass_bf16_128.txt" 2>&1
   echo "sass lines: $(wc -l <"$OUT/sass_bf16_128.txt"), HMMA $(grep -c HMMA "$OUT/sass_bf16_128.txt"),"\
     "LDL $(grep -c LDL "$OUT/sass_bf16_128.txt"), STL $(grep -c STL "$OUT/sass_bf16_128.txt"),"\
