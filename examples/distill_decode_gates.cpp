@@ -41,21 +41,16 @@
 
 namespace {
 
-struct Options {
-  std::string model = "../shared/data/models/gutenberg-byte-llama-8k";
-  std::string text_dir = "../shared/data/text";
-  std::string books = "10004.txt,10146.txt,10387.txt,10509.txt,11327.txt";
-  std::int64_t windows_per_book = 3;
-  std::int64_t tokens = 8192;
-  std::int64_t steps = 200;
-  std::int64_t batch = 4;
-  double learning_rate = 1e-3;
-  std::int64_t warmup = 20;
+struct Options : engine::DistillationOptions {
   std::string q_head_pooling = "Qproj";
   bool qk_norm = true;  // the training script's USE_QK_NORM=true
-  unsigned seed = 1234;
-  int threads = 0;
-  std::string out = "bench/gate_quality/decode_gates.safetensors";
+
+  Options() {
+    windows_per_book = 3;
+    steps = 200;
+    batch = 4;
+    out = "bench/gate_quality/decode_gates.safetensors";
+  }
 };
 
 Options parse_options(int argc, char** argv) {
@@ -66,25 +61,11 @@ Options parse_options(int argc, char** argv) {
       "                            [--learning-rate X] [--warmup N] [--q-head-pooling Qproj|Qavgproj|Qavg]\n"
       "                            [--qk-norm true|false] [--seed N] [--threads N] [--out FILE]");
   Options o;
-  o.model = args.text("--model", o.model);
-  o.text_dir = args.text("--text-dir", o.text_dir);
-  o.books = args.text("--books", o.books);
-  o.windows_per_book = args.integer("--windows-per-book", o.windows_per_book);
-  o.tokens = args.integer("--tokens", o.tokens);
-  o.steps = args.integer("--steps", o.steps);
-  o.batch = args.integer("--batch", o.batch);
-  o.learning_rate = args.real("--learning-rate", o.learning_rate);
-  o.warmup = args.integer("--warmup", o.warmup);
+  engine::read_distillation_flags(args, o);
   o.q_head_pooling = args.text("--q-head-pooling", o.q_head_pooling);
   o.qk_norm = args.boolean("--qk-norm", o.qk_norm);
-  o.seed = static_cast<unsigned>(args.integer("--seed", o.seed));
-  o.threads = static_cast<int>(args.integer("--threads", o.threads));
-  o.out = args.text("--out", o.out);
   args.finish();
-  seer::require(o.windows_per_book >= 1, "--windows-per-book", "is ", o.windows_per_book, ", expected >= 1");
-  seer::require(o.tokens >= 128, "--tokens", "is ", o.tokens, ", expected >= 128");
-  seer::require(o.steps > o.warmup, "--steps", "is ", o.steps, ", expected more than --warmup (", o.warmup, ")");
-  seer::require(o.batch >= 1, "--batch", "is ", o.batch, ", expected >= 1");
+  engine::check_distillation_options(o, 128);
   return o;
 }
 
@@ -205,15 +186,8 @@ int main(int argc, char** argv) {
             gates[l], examples[w][l], loss_options, with_gradient ? &gradients[l] : nullptr, weight, options.threads);
       return loss;
     };
-    engine::DistillationRun run;
-    run.steps = options.steps;
-    run.batch = options.batch;
-    run.learning_rate = options.learning_rate;
-    run.warmup = options.warmup;
-    run.seed = options.seed;
-    run.training_windows = train_count;
-    run.windows = windows.size();
-    run.trained_tokens_per_window = static_cast<double>(options.tokens / 2);  // the second half of a window trains
+    const engine::DistillationRun run = engine::distillation_run(
+        options, train_count, windows.size(), static_cast<double>(options.tokens / 2));  // the second half trains
     const engine::DistillationResult trained = engine::run_distillation(
         run, window_loss,
         [&]() {

@@ -1,7 +1,7 @@
-// The training loop that distill_gates (prefill gates) and distill_decode_gates (decode gates) share:
-// batches of windows drawn from a fresh shuffle on every pass, a cosine learning rate, the validation
-// loss on held-out windows, a progress line (step, loss, validation, learning rate, tokens/s, elapsed,
-// time left), and the training settings recorded in the gate file's metadata.
+// The training loop that distill_gates (prefill gates) and distill_decode_gates (decode gates) share,
+// with the flags they share: batches of windows drawn from a fresh shuffle on every pass, a cosine learning rate, the
+// validation loss on held-out windows, a progress line (step, loss, validation, learning rate, tokens/s, elapsed, time
+// left), and the training settings recorded in the gate file's metadata.
 #pragma once
 
 #include <algorithm>
@@ -12,10 +12,55 @@
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
+#include "seer/core/error.hpp"
 #include "seer/training/adam_w.hpp"
 #include "text_windows.hpp"
 
 namespace engine {
+
+// The flags both trainers take, with the defaults they share; each trainer sets its own windows per book,
+// steps, batch and output file before reading the command line.
+struct DistillationOptions {
+  std::string model = "../shared/data/models/gutenberg-byte-llama-8k";
+  std::string text_dir = "../shared/data/text";
+  std::string books = "10004.txt,10146.txt,10387.txt,10509.txt,11327.txt";
+  std::int64_t windows_per_book = 1;
+  std::int64_t tokens = 8192;
+  std::int64_t steps = 1;
+  std::int64_t batch = 1;
+  double learning_rate = 1e-3;
+  std::int64_t warmup = 20;
+  unsigned seed = 1234;
+  int threads = 0;
+  std::string out;
+};
+
+// Reads the shared flags into `options` (their current values are the defaults).
+inline void read_distillation_flags(CommandLine& args, DistillationOptions& options) {
+  options.model = args.text("--model", options.model);
+  options.text_dir = args.text("--text-dir", options.text_dir);
+  options.books = args.text("--books", options.books);
+  options.windows_per_book = args.integer("--windows-per-book", options.windows_per_book);
+  options.tokens = args.integer("--tokens", options.tokens);
+  options.steps = args.integer("--steps", options.steps);
+  options.batch = args.integer("--batch", options.batch);
+  options.learning_rate = args.real("--learning-rate", options.learning_rate);
+  options.warmup = args.integer("--warmup", options.warmup);
+  options.seed = static_cast<unsigned>(args.integer("--seed", options.seed));
+  options.threads = static_cast<int>(args.integer("--threads", options.threads));
+  options.out = args.text("--out", options.out);
+}
+
+// The checks of the shared flags; windows shorter than `min_tokens` are rejected.
+inline void check_distillation_options(const DistillationOptions& options, std::int64_t min_tokens) {
+  seer::require(options.windows_per_book >= 1, "--windows-per-book", "is ", options.windows_per_book,
+                ", expected >= 1");
+  seer::require(options.tokens >= min_tokens, "--tokens", "is ", options.tokens, ", expected >= ", min_tokens);
+  seer::require(options.steps > options.warmup, "--steps", "is ", options.steps, ", expected more than --warmup (",
+                options.warmup, ")");
+  seer::require(options.batch >= 1, "--batch", "is ", options.batch, ", expected >= 1");
+}
 
 struct DistillationRun {
   std::int64_t steps = 0;
@@ -27,6 +72,21 @@ struct DistillationRun {
   std::size_t windows = 0;                 // all windows
   double trained_tokens_per_window = 0.0;  // for the tokens/s figure
 };
+
+// The run the shared flags describe, over `windows` windows of which the first `training_windows` train.
+inline DistillationRun distillation_run(const DistillationOptions& options, std::size_t training_windows,
+                                        std::size_t windows, double trained_tokens_per_window) {
+  DistillationRun run;
+  run.steps = options.steps;
+  run.batch = options.batch;
+  run.learning_rate = options.learning_rate;
+  run.warmup = options.warmup;
+  run.seed = options.seed;
+  run.training_windows = training_windows;
+  run.windows = windows;
+  run.trained_tokens_per_window = trained_tokens_per_window;
+  return run;
+}
 
 struct DistillationResult {
   double initial_validation = 0.0, final_validation = 0.0, seconds = 0.0;
