@@ -56,17 +56,22 @@ inline constexpr bool kWarpgroupKernelsBuilt = false;
 
 namespace detail {
 
+// An attribute of the current device (host-side, no synchronisation).
+inline int current_device_attribute(cudaDeviceAttr attribute, const char* what) {
+  int device = 0;
+  int value = 0;
+  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
+  gpu::vendor::check(cudaDeviceGetAttribute(&value, attribute, device), what);
+  return value;
+}
+
 // How many groups of consecutive query heads the grid walks one after another (the kernel's grid y).
 // A group's K/V should stay in L2 while its CTAs run (they all read it), so a group holds at most
 // as many heads as fit in half the L2 (the other half: Q, the output, and the L2's split into two
 // partitions). Groups of near-equal size: one small last group would put its longest CTAs at the end.
 template <class T>
 std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64_t heads) {
-  int device = 0;
-  int l2_bytes = 0;
-  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
-  gpu::vendor::check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device),
-                     "cudaDeviceGetAttribute(L2CacheSize)");
+  const int l2_bytes = current_device_attribute(cudaDevAttrL2CacheSize, "cudaDeviceGetAttribute(L2CacheSize)");
   // K and V bytes per query head (query heads of one KV head share them under GQA).
   const std::int64_t kv_bytes_per_head = std::max<std::int64_t>(
       1, 2 * params.k.max_length * params.k.head_dim * static_cast<std::int64_t>(sizeof(T)) / params.group);
@@ -75,17 +80,10 @@ std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64
   return (heads + heads_per_group - 1) / heads_per_group;
 }
 
-inline int current_device_major() {
-  int device = 0;
-  int major = 0;
-  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
-  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
-  return major;
-}
-
 inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
-  const bool available = kWarpgroupKernelsBuilt && head_dim == 128 && current_device_major() == 9;
+  const bool available = kWarpgroupKernelsBuilt && head_dim == 128 &&
+                         current_device_attribute(cudaDevAttrComputeCapabilityMajor,
+                                                  "cudaDeviceGetAttribute(ComputeCapabilityMajor)") == 9;
   if (kernel == PrefillKernel::warpgroup)
     require(available, "kernel",
             "the warpgroup prefill kernel needs a Hopper GPU, head dim 128 and a build with sm_90a "
@@ -93,34 +91,36 @@ inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
   return kernel != PrefillKernel::mma_sync && available;
 }
 
-// Launches one of the prefill kernels (both take PrefillParams and one 64-row query tile per CTA)
-// on the head-grouped grid: (query tile x head within a group, head group, sequence).
-template <class T, class Kernel>
-void launch_prefill_kernel(Kernel* kernel, int threads, int shared_bytes, const gpu::PrefillParams<T>& params,
-                           std::int64_t heads, std::int64_t batch, cudaStream_t stream, const char* name) {
+// Launches a kernel with one 64-row query tile per CTA (the prefill kernels, the ground-truth
+// forward) on the head-grouped grid of `attention`: (query tile x head within a group, head group,
+// sequence). kernel_params: what the kernel takes (the PrefillParams themselves, or a wrapper).
+template <class T, class Kernel, class KernelParams>
+void launch_prefill_kernel(Kernel* kernel, int threads, int shared_bytes, const gpu::PrefillParams<T>& attention,
+                           const KernelParams& kernel_params, cudaStream_t stream, const char* name) {
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
-  const std::int64_t groups = prefill_head_groups(params, heads);
+  const std::int64_t heads = attention.q.heads;
+  const std::int64_t batch = attention.q.batch;
+  const std::int64_t groups = prefill_head_groups(attention, heads);
   const std::int64_t largest_group = (heads + groups - 1) / groups;
-  const dim3 grid(static_cast<unsigned>(params.max_query_tiles * largest_group), static_cast<unsigned>(groups),
+  const dim3 grid(static_cast<unsigned>(attention.max_query_tiles * largest_group), static_cast<unsigned>(groups),
                   static_cast<unsigned>(batch));
-  kernel<<<grid, threads, shared_bytes, stream>>>(params);
+  kernel<<<grid, threads, shared_bytes, stream>>>(kernel_params);
   gpu::vendor::check_last_launch(name);
 }
 
 template <class T, int HeadDim>
-void launch_prefill(const gpu::PrefillParams<T>& params, std::int64_t heads, std::int64_t batch, bool warpgroup,
-                    cudaStream_t stream) {
+void launch_prefill(const gpu::PrefillParams<T>& params, bool warpgroup, cudaStream_t stream) {
   if constexpr (HeadDim == 128) {
     if (warpgroup) {
       using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
       launch_prefill_kernel(&gpu::warpgroup_prefill_kernel<T, HeadDim>, Traits::kThreads, Traits::kSharedBytes, params,
-                            heads, batch, stream, "warpgroup_prefill_kernel launch");
+                            params, stream, "warpgroup_prefill_kernel launch");
       return;
     }
   }
   using Traits = gpu::PrefillTraits<T, HeadDim>;
   launch_prefill_kernel(&gpu::block_sparse_prefill_kernel<T, HeadDim>, Traits::kThreads, Traits::kSharedBytes, params,
-                        heads, batch, stream, "block_sparse_prefill_kernel launch");
+                        params, stream, "block_sparse_prefill_kernel launch");
 }
 
 }  // namespace detail
@@ -134,7 +134,7 @@ void block_sparse_attention(SequenceBatch<const T> q, SequenceBatch<const T> k, 
   const bool warpgroup = detail::use_warpgroup_kernel(kernel, q.head_dim);
   if (q.batch == 0 || params.max_query_tiles == 0) return;  // nothing to compute (and a 0-sized grid is an error)
   gpu::dispatch_prefill_head_dim(q.head_dim, [&](auto head_dim) {
-    detail::launch_prefill<T, decltype(head_dim)::value>(params, q.heads, q.batch, warpgroup, stream);
+    detail::launch_prefill<T, decltype(head_dim)::value>(params, warpgroup, stream);
   });
 }
 

@@ -43,20 +43,13 @@ std::size_t ground_truth_workspace_bytes(const SequenceBatch<Q>& q, const Sequen
 namespace detail {
 
 template <class T>
-void launch_ground_truth_forward(const gpu::GroundTruthParams<T>& params, std::int64_t batch, cudaStream_t stream) {
-  const gpu::PrefillParams<T>& attention = params.attention;
-  const std::int64_t heads = attention.q.heads;
-  gpu::dispatch_prefill_head_dim(attention.q.head_dim, [&](auto head_dim) {
+void launch_ground_truth_forward(const gpu::GroundTruthParams<T>& params, cudaStream_t stream) {
+  gpu::dispatch_prefill_head_dim(params.attention.q.head_dim, [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     using Traits = gpu::PrefillTraits<T, kHeadDim>;
-    auto* kernel = &gpu::ground_truth_forward_kernel<T, kHeadDim>;
-    gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
-    const std::int64_t groups = prefill_head_groups(attention, heads);  // the prefill kernel's L2 grouping
-    const std::int64_t largest_group = (heads + groups - 1) / groups;
-    const dim3 grid(static_cast<unsigned>(attention.max_query_tiles * largest_group), static_cast<unsigned>(groups),
-                    static_cast<unsigned>(batch));
-    kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
-    gpu::vendor::check_last_launch("ground_truth_forward_kernel launch");
+    // The prefill kernel's grid and L2 head grouping.
+    launch_prefill_kernel(&gpu::ground_truth_forward_kernel<T, kHeadDim>, Traits::kThreads, Traits::kSharedBytes,
+                          params.attention, params, stream, "ground_truth_forward_kernel launch");
   });
 }
 
@@ -88,7 +81,7 @@ void ground_truth(gpu::GroundTruthTarget kind, SequenceBatch<const T> q, Sequenc
                                                                             out, lse, workspace, workspace_bytes);
   // The target is written entirely by the pooling kernel (zeros included) but has no rows when q is empty.
   if (q.batch == 0 || params.attention.max_query_tiles == 0) return;
-  launch_ground_truth_forward(params, q.batch, stream);
+  launch_ground_truth_forward(params, stream);
   launch_ground_truth_pooling(kind, params, q.batch, stream);
 }
 
