@@ -59,12 +59,9 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--densities", default="1.0,0.5,0.2,0.1")
-    parser.add_argument("--variant-library", default=None,
-                        help="a second build of the entry point (another kernel configuration), timed beside it")
     args = parser.parse_args()
 
     seer = load_library(args.library)
-    variant = load_library(args.variant_library) if args.variant_library else None
     error = ctypes.create_string_buffer(1024)
     batch, heads, dim = 1, 32, 128
     generator = torch.Generator(device="cuda")
@@ -73,9 +70,9 @@ def main():
     results = []
 
     # seer::cuda::PrefillKernel: 0 automatic (the warpgroup kernel on Hopper), 2 the mma.sync kernel.
-    def seer_call(q, k, v, out, lse, blocks, kernel=0, library=None):
+    def seer_call(q, k, v, out, lse, blocks, kernel=0):
         row_offsets, key_blocks, query_block_offsets = blocks if blocks is not None else (None, None, None)
-        status = (library or seer)(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+        status = seer(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                       lse.data_ptr() if lse is not None else None, batch, q.shape[1], heads, heads, dim, 1,
                       row_offsets.data_ptr() if blocks is not None else None,
                       key_blocks.data_ptr() if blocks is not None else None,
@@ -112,11 +109,6 @@ def main():
         seer_call(q, k, v, out, lse, None, kernel=2)
         torch.cuda.synchronize()
         mma_sync_difference = (out.float() - fa2_output.float()).abs().max().item()
-        variant_difference = None
-        if variant is not None:
-            seer_call(q, k, v, out, lse, None, library=variant)
-            torch.cuda.synchronize()
-            variant_difference = (out.float() - fa2_output.float()).abs().max().item()
 
         seer_dense_ms = None
         for density in [float(d) for d in args.densities.split(",")]:
@@ -127,10 +119,6 @@ def main():
                                               return_mode="median")
             mma_sync_ms = triton.testing.do_bench(lambda: seer_call(q, k, v, out, lse, blocks, kernel=2), warmup=100,
                                                   rep=500, return_mode="median")
-            variant_ms = None
-            if variant is not None:
-                variant_ms = triton.testing.do_bench(lambda: seer_call(q, k, v, out, lse, blocks, library=variant),
-                                                     warmup=100, rep=500, return_mode="median")
             if density == 1.0:
                 seer_dense_ms = seer_ms
             actual_flops = 4.0 * batch * dim * actual_pairs  # actual_pairs already sums over heads
@@ -145,7 +133,6 @@ def main():
                 "dense_max_abs_difference_vs_fa2": dense_difference,
                 "mma_sync_ms": mma_sync_ms, "mma_sync_speedup_vs_fa2": timings["fa2"] / mma_sync_ms,
                 "mma_sync_dense_max_abs_difference_vs_fa2": mma_sync_difference,
-                "variant_ms": variant_ms, "variant_dense_max_abs_difference_vs_fa2": variant_difference,
             }
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -168,8 +155,7 @@ def main():
             f"{r['cudnn_ms']:.3f} | {r['speedup_vs_fa2']:.2f}x | {r['speedup_vs_cudnn']:.2f}x | "
             f"{r['effective_tflops']:.0f} | {r['actual_tflops']:.0f} | {r['time_over_dense']:.3f} | "
             f"{r['seer_ms'] / r['fa2_ms']:.3f} | "
-            f"{r['density_target'] + 0.05:.2f} | {r['mma_sync_ms']:.3f} | {r['mma_sync_speedup_vs_fa2']:.2f}x |"
-            + (f" variant {r['variant_ms']:.3f} ms ({r['fa2_ms'] / r['variant_ms']:.2f}x FA2) |" if r['variant_ms'] else ""))
+            f"{r['density_target'] + 0.05:.2f} | {r['mma_sync_ms']:.3f} | {r['mma_sync_speedup_vs_fa2']:.2f}x |")
     table = "\n".join(lines)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_prefill.json"), "w") as f:
@@ -181,8 +167,7 @@ def main():
     print("max |seer - FA2| dense: warpgroup/automatic",
           [round(r["dense_max_abs_difference_vs_fa2"], 4) for r in results if r["density_target"] == 1.0],
           "mma.sync", [round(r["mma_sync_dense_max_abs_difference_vs_fa2"], 4) for r in results
-                       if r["density_target"] == 1.0],
-          "variant", [r["variant_dense_max_abs_difference_vs_fa2"] for r in results if r["density_target"] == 1.0])
+                       if r["density_target"] == 1.0])
     return 0
 
 
