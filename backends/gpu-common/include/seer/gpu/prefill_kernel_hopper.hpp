@@ -203,98 +203,96 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
       vendor::commit_async_copies();  // an empty group when nothing is left keeps the count uniform
     }
 
-    {
-      // ---- scores = Q * K^T: 64 rows x 64 keys ----
-      float scores[Traits::kTileRows / 2];
-      hopper::warpgroup_fence();
+    // ---- scores = Q * K^T: 64 rows x 64 keys ----
+    float scores[Traits::kTileRows / 2];
+    hopper::warpgroup_fence();
 #pragma unroll
-      for (int step_d = 0; step_d < kDimSteps; ++step_d) {
-        const std::uint64_t descriptor =
-            hopper::swizzled_descriptor(stage_keys(stage) + (step_d / 4) * Traits::kPanelBytes + (step_d % 4) * 32,
-                                        Traits::kPanelBytes, hopper::kSwizzleGroupBytes);
-        hopper::warpgroup_multiply<T, Traits::kTileRows, false>(scores, query_fragments[step_d], descriptor,
-                                                                step_d > 0 ? 1u : 0u);
-      }
-      hopper::warpgroup_commit();
-      hopper::warpgroup_wait<0>();
-      hopper::pin_registers(scores);
+    for (int step_d = 0; step_d < kDimSteps; ++step_d) {
+      const std::uint64_t descriptor =
+          hopper::swizzled_descriptor(stage_keys(stage) + (step_d / 4) * Traits::kPanelBytes + (step_d % 4) * 32,
+                                      Traits::kPanelBytes, hopper::kSwizzleGroupBytes);
+      hopper::warpgroup_multiply<T, Traits::kTileRows, false>(scores, query_fragments[step_d], descriptor,
+                                                              step_d > 0 ? 1u : 0u);
+    }
+    hopper::warpgroup_commit();
+    hopper::warpgroup_wait<0>();
+    hopper::pin_registers(scores);
 
-      // ---- mask: only tiles on the causal boundary or the ragged tail ----
-      if (key_tile >= first_masked_tile) {
-        const std::int64_t first_key = key_tile * Traits::kTileRows;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const std::int64_t query_index = first_query + warp_row + group_row + 8 * half;
-          const std::int64_t limit = tiles.last_visible_key(query_index) - first_key;
-          const int last_visible =
-              limit < -1 ? -1 : (limit > Traits::kTileRows ? Traits::kTileRows : static_cast<int>(limit));
-#pragma unroll
-          for (int f = 0; f < kKeyFragments; ++f)
-#pragma unroll
-            for (int c = 0; c < 2; ++c)
-              if (8 * f + 2 * group_column + c > last_visible) scores[4 * f + 2 * half + c] = negative_infinity;
-        }
-      }
-
-      // ---- online softmax (base 2; running_max in units of scale * log2(e)) ----
-      float rescale[2];
-      bool max_unchanged = true;
+    // ---- mask: only tiles on the causal boundary or the ragged tail ----
+    if (key_tile >= first_masked_tile) {
+      const std::int64_t first_key = key_tile * Traits::kTileRows;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        float tile_max = negative_infinity;
-#pragma unroll
-        for (int f = 0; f < kKeyFragments; ++f)
-          tile_max = fmaxf(tile_max, fmaxf(scores[4 * f + 2 * half], scores[4 * f + 2 * half + 1]));
-        tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
-        tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
-        const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
-        const float base = new_max == negative_infinity ? 0.0f : new_max;  // all masked so far: stay at 0
-        rescale[half] = vendor::fast_exp2(running_max[half] - base);
-        max_unchanged = max_unchanged && new_max == running_max[half];
-        running_max[half] = new_max;
-        float tile_sum = 0.0f;
+        const std::int64_t query_index = first_query + warp_row + group_row + 8 * half;
+        const std::int64_t limit = tiles.last_visible_key(query_index) - first_key;
+        const int last_visible =
+            limit < -1 ? -1 : (limit > Traits::kTileRows ? Traits::kTileRows : static_cast<int>(limit));
 #pragma unroll
         for (int f = 0; f < kKeyFragments; ++f)
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float probability = vendor::fast_exp2(fmaf(scores[4 * f + 2 * half + c], params.scale_log2, -base));
-            scores[4 * f + 2 * half + c] = probability;
-            tile_sum += probability;
-          }
-        running_sum[half] = running_sum[half] * rescale[half] + tile_sum;
+          for (int c = 0; c < 2; ++c)
+            if (8 * f + 2 * group_column + c > last_visible) scores[4 * f + 2 * half + c] = negative_infinity;
       }
-      if (!vendor::warp_all(max_unchanged)) {
-#pragma unroll
-        for (int f = 0; f < kDimFragments; ++f) {
-          output[4 * f] *= rescale[0];
-          output[4 * f + 1] *= rescale[0];
-          output[4 * f + 2] *= rescale[1];
-          output[4 * f + 3] *= rescale[1];
-        }
-      }
-
-      // ---- output += P * V ----
-      std::uint32_t probabilities[Traits::kTileRows / 16][4];
-#pragma unroll
-      for (int step_k = 0; step_k < Traits::kTileRows / 16; ++step_k) {
-        probabilities[step_k][0] = vendor::element_traits<T>::pack(scores[8 * step_k], scores[8 * step_k + 1]);
-        probabilities[step_k][1] = vendor::element_traits<T>::pack(scores[8 * step_k + 2], scores[8 * step_k + 3]);
-        probabilities[step_k][2] = vendor::element_traits<T>::pack(scores[8 * step_k + 4], scores[8 * step_k + 5]);
-        probabilities[step_k][3] = vendor::element_traits<T>::pack(scores[8 * step_k + 6], scores[8 * step_k + 7]);
-      }
-      hopper::warpgroup_fence();
-#pragma unroll
-      for (int step_k = 0; step_k < Traits::kTileRows / 16; ++step_k) {
-        // 16 keys = two 8-row swizzle groups; the two 64-column panels of V are kPanelBytes apart.
-        const std::uint64_t descriptor =
-            hopper::swizzled_descriptor(stage_values(stage) + step_k * 2 * hopper::kSwizzleGroupBytes,
-                                        Traits::kPanelBytes, hopper::kSwizzleGroupBytes);
-        hopper::warpgroup_multiply<T, HeadDim, true>(output, probabilities[step_k], descriptor, 1u);
-      }
-      hopper::warpgroup_commit();
-      hopper::warpgroup_wait<0>();
-      hopper::pin_registers(output);
     }
+
+    // ---- online softmax (base 2; running_max in units of scale * log2(e)) ----
+    float rescale[2];
+    bool max_unchanged = true;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = negative_infinity;
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f)
+        tile_max = fmaxf(tile_max, fmaxf(scores[4 * f + 2 * half], scores[4 * f + 2 * half + 1]));
+      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
+      tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
+      const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
+      const float base = new_max == negative_infinity ? 0.0f : new_max;  // all masked so far: stay at 0
+      rescale[half] = vendor::fast_exp2(running_max[half] - base);
+      max_unchanged = max_unchanged && new_max == running_max[half];
+      running_max[half] = new_max;
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float probability = vendor::fast_exp2(fmaf(scores[4 * f + 2 * half + c], params.scale_log2, -base));
+          scores[4 * f + 2 * half + c] = probability;
+          tile_sum += probability;
+        }
+      running_sum[half] = running_sum[half] * rescale[half] + tile_sum;
+    }
+    if (!vendor::warp_all(max_unchanged)) {
+#pragma unroll
+      for (int f = 0; f < kDimFragments; ++f) {
+        output[4 * f] *= rescale[0];
+        output[4 * f + 1] *= rescale[0];
+        output[4 * f + 2] *= rescale[1];
+        output[4 * f + 3] *= rescale[1];
+      }
+    }
+
+    // ---- output += P * V ----
+    std::uint32_t probabilities[Traits::kTileRows / 16][4];
+#pragma unroll
+    for (int step_k = 0; step_k < Traits::kTileRows / 16; ++step_k) {
+      probabilities[step_k][0] = vendor::element_traits<T>::pack(scores[8 * step_k], scores[8 * step_k + 1]);
+      probabilities[step_k][1] = vendor::element_traits<T>::pack(scores[8 * step_k + 2], scores[8 * step_k + 3]);
+      probabilities[step_k][2] = vendor::element_traits<T>::pack(scores[8 * step_k + 4], scores[8 * step_k + 5]);
+      probabilities[step_k][3] = vendor::element_traits<T>::pack(scores[8 * step_k + 6], scores[8 * step_k + 7]);
+    }
+    hopper::warpgroup_fence();
+#pragma unroll
+    for (int step_k = 0; step_k < Traits::kTileRows / 16; ++step_k) {
+      // 16 keys = two 8-row swizzle groups; the two 64-column panels of V are kPanelBytes apart.
+      const std::uint64_t descriptor =
+          hopper::swizzled_descriptor(stage_values(stage) + step_k * 2 * hopper::kSwizzleGroupBytes,
+                                      Traits::kPanelBytes, hopper::kSwizzleGroupBytes);
+      hopper::warpgroup_multiply<T, HeadDim, true>(output, probabilities[step_k], descriptor, 1u);
+    }
+    hopper::warpgroup_commit();
+    hopper::warpgroup_wait<0>();
+    hopper::pin_registers(output);
     stage = (stage + 1) % kStages;
   }
   vendor::wait_async_copies<0>();  // no copy may still target shared memory when the CTA exits
