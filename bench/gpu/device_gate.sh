@@ -38,6 +38,7 @@ if has build; then
     flags=(-std=c++17 -arch=sm_90a -O3 -Iinclude -Ibackends/gpu-common/include -Ibackends/cuda/include
       -I.carry/prefix/include -Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror)
     nvcc "${flags[@]}" -Itests/gpu/gate tests/gpu/gate/test_gate_selection.cu tests/gpu/gate/test_gate_graph.cu \
+      tests/gpu/gate/test_rope_and_pool.cu \
       tests/doctest_main.cpp -o $TESTS >>"$OUT/gate_build.log" 2>&1 &
     tests_pid=$!
     nvcc "${flags[@]}" bench/gpu/gate/gate_bench.cu -o $BENCH >>"$OUT/gate_build.log" 2>&1 &
@@ -77,6 +78,12 @@ if has profile; then
   echo "ncu: rc=$?"
   grep -E 'seer::gpu::[a-z_]+_kernel|gpu__time_duration' "$OUT/gate_ncu.log" \
     | sed -E 's/.*seer::gpu::([a-z_]+_kernel).*/\1/; s/.*gpu__time_duration.sum +//' | paste - - | tail -40
+  # The RoPE pass over q and k without (8 launches: 3 warm-ups + 1 run, q and k) and with pooling (8 more).
+  timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes.sum -k regex:'rope_and_pool' \
+    --launch-count 16 $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu_rope.log" 2>&1
+  echo "ncu (rope_and_pool): rc=$?"
+  grep -E 'rope_and_pool_kernel|gpu__time_duration|dram__bytes' "$OUT/gate_ncu_rope.log" |
+    sed -E 's/.*rope_and_pool_kernel<[^,]*, (true|false)>.*/pool=\1/; s/ +/ /g' | paste - - - | tail -16
   # Where the TopK selection kernel and the key projection spend their time: the full ncu set on one
   # launch of each (the TopK selection's third warm-up, the first key projection), per-instruction
   # stall samples of the selection kernel, and the SASS of both.

@@ -184,7 +184,7 @@ __device__ inline std::uint32_t radix_key(float logit) {
 // (key block indices are int32 in a BlockSet, the plan checks it): the bounds are clamped to [0, visible],
 // which keeps is_forced(n) for every candidate n and halves the instructions of the candidate loops.
 struct RowView {
-  const float* logits = nullptr;  // [visible]
+  float* logits = nullptr;  // [visible], the CTA's own buffer (keep_best overwrites it with radix keys)
   int visible = 0;
   BlockGeometry geometry;
   std::int64_t m = 0;
@@ -215,8 +215,21 @@ struct RadixCut {
   bool ties_all = false;
 };
 
-// The cut that takes exactly `take` (1 <= take < unforced) unforced blocks best first.
-__device__ inline RadixCut radix_select_count(const RowView& row, std::int64_t take, unsigned int* histogram) {
+// Replaces the row's logits, in place, by their radix keys, 0 for forced blocks (finite logits never have
+// key 0): the radix passes and the final walk then read one word per candidate instead of recomputing the
+// key and the forced test in every pass. The logits are not read afterwards (each warp owns its rows).
+__device__ inline const std::uint32_t* logits_to_keys(const RowView& row) {
+  auto* keys = reinterpret_cast<std::uint32_t*>(row.logits);
+  for (int n = vendor::lane_index(); n < row.visible; n += vendor::warp_size)
+    keys[n] = row.is_forced(n) ? 0u : radix_key(row.logits[n]);
+  vendor::sync_warp();
+  return keys;
+}
+
+// The cut that takes exactly `take` (1 <= take < unforced) unforced blocks best first, from the keys of
+// logits_to_keys.
+__device__ inline RadixCut radix_select_count(const std::uint32_t* keys, int visible, std::int64_t take,
+                                              unsigned int* histogram) {
   constexpr int kBinsPerLane = kRadixBins / vendor::warp_size;
   const int lane = vendor::lane_index();
   RadixCut cut;
@@ -224,9 +237,9 @@ __device__ inline RadixCut radix_select_count(const RowView& row, std::int64_t t
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = lane; i < kRadixBins; i += vendor::warp_size) histogram[i] = 0u;
     vendor::sync_warp();
-    for (int n = lane; n < row.visible; n += vendor::warp_size) {
-      const std::uint32_t key = radix_key(row.logits[n]);
-      if ((key & cut.mask) == cut.prefix && !row.is_forced(n)) atomicAdd(&histogram[(key >> shift) & 0xffu], 1u);
+    for (int n = lane; n < visible; n += vendor::warp_size) {
+      const std::uint32_t key = keys[n];
+      if (key != 0u && (key & cut.mask) == cut.prefix) atomicAdd(&histogram[(key >> shift) & 0xffu], 1u);
     }
     vendor::sync_warp();
     // Lane l owns bins 255 - (l * kBinsPerLane + j): the lanes in order walk the bins from the top.
@@ -373,10 +386,11 @@ struct KeepNone {
   __device__ int state(float) const { return 0; }
   __device__ bool tie_taken(std::int64_t) const { return false; }
 };
+// Reads the keys that logits_to_keys stored in place of the logits.
 struct KeepCut {
   RadixCut cut;
-  __device__ int state(float logit) const {
-    const std::uint32_t key = radix_key(logit) & cut.mask;
+  __device__ int state(float stored_key) const {
+    const std::uint32_t key = __float_as_uint(stored_key) & cut.mask;
     return key > cut.prefix ? 1 : key == cut.prefix ? (cut.ties_all ? 1 : 2) : 0;
   }
   __device__ bool tie_taken(std::int64_t rank) const { return rank < cut.ties; }
@@ -396,7 +410,8 @@ __device__ inline std::int64_t keep_best(const RowView& row, std::int64_t take, 
   const std::int64_t unforced = row.visible - row.forced_count;
   if (take >= unforced) return compact_row(row, KeepAll{}, write, out, capacity);
   if (take <= 0) return compact_row(row, KeepNone{}, write, out, capacity);
-  return compact_row(row, KeepCut{radix_select_count(row, take, histogram)}, write, out, capacity);
+  const std::uint32_t* keys = logits_to_keys(row);
+  return compact_row(row, KeepCut{radix_select_count(keys, row.visible, take, histogram)}, write, out, capacity);
 }
 
 // Softmax statistics of the row: its largest logit and 1 / sum(exp(logit - largest)).
@@ -527,9 +542,12 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
   const std::int64_t heads = params.features.heads;
 
   for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
-    const std::int64_t tile = item % params.item_tiles;
-    const std::int64_t h = (item / params.item_tiles) % heads;
-    const std::int64_t b = item / (params.item_tiles * heads);
+    // Last query tiles first: under a causal mask they see the most keys, so the long items start in the
+    // first wave and the short ones fill the tail.
+    const std::int64_t sequence_heads = heads * params.sequences.batch;
+    const std::int64_t tile = params.item_tiles - 1 - item / sequence_heads;
+    const std::int64_t h = item % sequence_heads % heads;
+    const std::int64_t b = item % sequence_heads / heads;
     const BlockGeometry g = params.sequences.geometry(b);
     const std::int64_t query_blocks = g.query_blocks();
     const std::int64_t m0 = tile * rows_per_item;

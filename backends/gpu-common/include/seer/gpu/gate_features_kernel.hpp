@@ -33,7 +33,7 @@ inline constexpr int kGateThreads = 256;        // every gate and selection kern
 inline constexpr int kGateMaxHeadDim = 256;     // pooling keeps one 8-element chunk per thread and head_dim / 8 chunks
 inline constexpr int kGateMaxFeatureDim = 256;  // shared tiles of the projection and scoring kernels
 inline constexpr int kProjectionRows = 32;      // blocks per CTA of project_features_kernel
-inline constexpr int kProjectionDepth = 32;     // input features per step of the projection
+inline constexpr int kProjectionDepth = 16;     // input features per step of the projection
 
 // Resident CTAs per multiprocessor asked of the compiler (it caps registers accordingly). AMD's compiler
 // reads the same launch bound as a waves-per-EU requirement and fails the build when it cannot meet it,
@@ -289,18 +289,29 @@ struct ProjectParams {
 // head o reads input head o / (output_heads / input_heads) (the single-linear layout projects a KV head's
 // features once per query head of its group). Each warp owns 8 rows x 128 columns, each thread 8 rows x
 // 4 columns: per input feature, two broadcast 16-byte reads of the inputs and one 16-byte read of the
-// weights feed 32 multiply-adds (shared-memory bandwidth, not arithmetic, limits this loop). A template
-// (on the largest feature dim its tiles hold) so that several translation units may include it.
+// weights feed 32 multiply-adds. A template (on the largest feature dim its tiles hold) so that several
+// translation units may include it.
+//
+// Global loads are 16 bytes wide and whole 32-byte sectors: a warp loads 16 rows x 8 consecutive input
+// features (two 16-byte vectors per row). Their transposed stores into input_tile (row stride
+// kProjectionRows + 4, which keeps the 16-byte row reads aligned) then land in 32 distinct banks. Weight
+// rows sit in MaxFeatureDim / 4 fixed vector slots per input feature, so that no index needs a division by
+// the run-time dim.
 template <int MaxFeatureDim>
-__global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim == 128 ? 3 : 2))
+__global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim == 128 ? 4 : 2))
     project_features_kernel(const ProjectParams params) {
   static_assert(MaxFeatureDim % 128 == 0 && MaxFeatureDim <= kGateMaxFeatureDim, "tiles cover 128 columns per set");
   constexpr int kThreads = MaxFeatureDim;
   constexpr int kColumnSets = MaxFeatureDim / 128;
   constexpr int kRowGroups = kThreads / 32 / kColumnSets;
   static_assert(kRowGroups * 8 == kProjectionRows, "4 row groups of 8 rows");
-  __shared__ __align__(16) float input_tile[kProjectionDepth][kProjectionRows];  // [input feature][row]
-  __shared__ __align__(16) float weight_tile[kProjectionDepth * MaxFeatureDim];  // [input feature][column]
+  constexpr int kInputStride = kProjectionRows + 4;
+  constexpr int kWeightSlots = MaxFeatureDim / 4;  // 16-byte weight vectors per input feature
+  __shared__ __align__(16) float input_tile[kProjectionDepth * kInputStride];  // [input feature][row]
+  // [input feature][column] during the multiply, then the projected rows [kProjectionRows][dim] for RoPE:
+  // sized for the larger of the two.
+  constexpr int kWeightTileRows = kProjectionDepth > kProjectionRows ? kProjectionDepth : kProjectionRows;
+  __shared__ __align__(16) float weight_tile[kWeightTileRows * MaxFeatureDim];
 
   const std::int64_t first_block = static_cast<std::int64_t>(blockIdx.x) * kProjectionRows;
   const std::int64_t o = blockIdx.y, b = blockIdx.z;
@@ -319,10 +330,11 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
       params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
   const float* weights = params.weights != nullptr ? params.weights + o * params.input_width * params.dim : nullptr;
 
-  float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply, kProjectionRows * dim <= its size
+  float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply (kWeightTileRows >= kProjectionRows)
   if (weights == nullptr) {
     // Identity (a gate without q projection fed pre-pooled features): only RoPE remains.
-    for (int i = thread; i < rows * dim; i += kThreads) projected[i] = input[(i / dim) * params.input_width + i % dim];
+    for (int row = 0; row < rows; ++row)
+      for (int d = thread; d < dim; d += kThreads) projected[row * dim + d] = input[row * params.input_width + d];
     __syncthreads();
   } else {
     float accumulator[8][4];
@@ -332,26 +344,32 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
       for (int c = 0; c < 4; ++c) accumulator[r][c] = 0.0f;
 
     // The next step's input and weight tiles are loaded into registers while this step multiplies.
-    // Inputs go row-fastest across the threads so that their (transposed) shared stores do not conflict.
-    constexpr int kStagedInputs = kProjectionDepth * kProjectionRows / kThreads;
-    constexpr int kStagedWeights = kProjectionDepth * MaxFeatureDim / 4 / kThreads;
+    // Input vector i of a step: lane l of group g = i / 32 loads row l % 16 + 16 (g % 2), features
+    // 4 (l / 16 + 2 (g / 2)) .. + 3; its four transposed stores hit banks (l + constant) mod 32.
+    constexpr int kInputVectors = kProjectionDepth * kProjectionRows / 4;
+    constexpr int kStagedInputs = (kInputVectors + kThreads - 1) / kThreads;
+    constexpr int kStagedWeights = kProjectionDepth * kWeightSlots / kThreads;
     const int vectors_per_row = dim / 4;
-    float staged_inputs[kStagedInputs];
+    float4 staged_inputs[kStagedInputs];
     float4 staged_weights[kStagedWeights];
+    const auto input_row = [](int i) { return (i % 32) % 16 + 16 * ((i / 32) % 2); };
+    const auto input_feature = [](int i) { return 4 * ((i % 32) / 16 + 2 * (i / 64)); };
     auto load_step = [&](std::int64_t depth) {
 #pragma unroll
       for (int j = 0; j < kStagedInputs; ++j) {
         const int i = thread + j * kThreads;
-        const int row = i % kProjectionRows, k = i / kProjectionRows;
-        const bool valid = row < rows && depth + k < params.input_width;
-        staged_inputs[j] = valid ? input[row * params.input_width + depth + k] : 0.0f;
+        const int row = input_row(i), k = input_feature(i);
+        // input_width is a multiple of 8, so a vector is wholly inside or wholly past it.
+        const bool valid = i < kInputVectors && row < rows && depth + k < params.input_width;
+        staged_inputs[j] = valid ? *reinterpret_cast<const float4*>(input + row * params.input_width + depth + k)
+                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
       for (int j = 0; j < kStagedWeights; ++j) {
         const int i = thread + j * kThreads;
-        const int k = i / vectors_per_row, v = i % vectors_per_row;
+        const int k = i / kWeightSlots, v = i % kWeightSlots;
         float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i < kProjectionDepth * vectors_per_row && depth + k < params.input_width)
+        if (v < vectors_per_row && depth + k < params.input_width)
           value = *reinterpret_cast<const float4*>(weights + (depth + k) * params.dim + v * 4);
         staged_weights[j] = value;
       }
@@ -362,21 +380,25 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
 #pragma unroll
       for (int j = 0; j < kStagedInputs; ++j) {
         const int i = thread + j * kThreads;
-        input_tile[i / kProjectionRows][i % kProjectionRows] = staged_inputs[j];
+        if (i >= kInputVectors) break;
+        float* at = &input_tile[input_feature(i) * kInputStride + input_row(i)];
+        at[0] = staged_inputs[j].x;
+        at[kInputStride] = staged_inputs[j].y;
+        at[2 * kInputStride] = staged_inputs[j].z;
+        at[3 * kInputStride] = staged_inputs[j].w;
       }
 #pragma unroll
       for (int j = 0; j < kStagedWeights; ++j) {
         const int i = thread + j * kThreads;
-        if (i < kProjectionDepth * vectors_per_row)
-          *reinterpret_cast<float4*>(&weight_tile[(i / vectors_per_row) * MaxFeatureDim + (i % vectors_per_row) * 4]) =
-              staged_weights[j];
+        *reinterpret_cast<float4*>(&weight_tile[(i / kWeightSlots) * MaxFeatureDim + (i % kWeightSlots) * 4]) =
+            staged_weights[j];
       }
       __syncthreads();
       if (depth + kProjectionDepth < params.input_width) load_step(depth + kProjectionDepth);
 #pragma unroll 8
       for (int k = 0; k < kProjectionDepth; ++k) {
-        const float4 low = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 8]);
-        const float4 high = *reinterpret_cast<const float4*>(&input_tile[k][row_group * 8 + 4]);
+        const float4 low = *reinterpret_cast<const float4*>(&input_tile[k * kInputStride + row_group * 8]);
+        const float4 high = *reinterpret_cast<const float4*>(&input_tile[k * kInputStride + row_group * 8 + 4]);
         const float4 w = *reinterpret_cast<const float4*>(&weight_tile[k * MaxFeatureDim + column]);
         const float rows_value[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
         const float columns_value[4] = {w.x, w.y, w.z, w.w};
@@ -398,15 +420,20 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
     __syncthreads();
   }
 
+  // RoPE: thread (row offset, pair) rotates pair `pair` of rows offset, offset + rows_per_pass, ... (one
+  // division per thread, not per element).
   const int half = dim / 2;
+  const int rows_per_pass = kThreads / half;
+  const int pair = thread % half, row_offset = thread / half;
   float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + first_block) * params.dim;
-  for (int i = thread; i < rows * half; i += kThreads) {
-    const int row = i / half, pair = i % half;
-    float first_value = projected[row * dim + pair], second_value = projected[row * dim + pair + half];
-    detail::rotate_pair(params.rope, detail::block_position(params.sequences, b, first_block + row, params.is_query),
-                        pair, first_value, second_value);
-    output[row * params.dim + pair] = first_value;
-    output[row * params.dim + pair + half] = second_value;
+  if (row_offset < rows_per_pass) {
+    for (int row = row_offset; row < rows; row += rows_per_pass) {
+      float first_value = projected[row * dim + pair], second_value = projected[row * dim + pair + half];
+      detail::rotate_pair(params.rope, detail::block_position(params.sequences, b, first_block + row, params.is_query),
+                          pair, first_value, second_value);
+      output[row * params.dim + pair] = first_value;
+      output[row * params.dim + pair + half] = second_value;
+    }
   }
 }
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "seer/gpu/gate_selection.hpp"
+#include "seer/gpu/rope_and_pool.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::hip {
@@ -23,6 +24,7 @@ namespace seer::hip {
 using gpu::DeviceBlockSetBuffers;
 using gpu::DeviceLearnedGate;
 using gpu::DeviceLimits;
+using gpu::DeviceRotaryEmbedding;
 using gpu::gate_and_select;
 using gpu::gate_features;
 using gpu::gate_features_from_pooled;
@@ -33,6 +35,7 @@ using gpu::GateSelectionStorage;
 using gpu::GateSequences;
 using gpu::GateWorkspace;
 using gpu::PooledBlockFeatures;
+using gpu::rope_and_pool;
 using gpu::select_blocks;
 using gpu::selected_blocks_bound;
 
