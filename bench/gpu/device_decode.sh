@@ -71,7 +71,8 @@ fi
 
 if has bench; then
   start=$SECONDS
-  PYTHONUNBUFFERED=1 timeout 240 python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --out "$OUT" \
+  # BENCH_ARGS: extra options of bench_decode.py (variants, fewer SDPA backends, ...)
+  PYTHONUNBUFFERED=1 timeout 240 python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --out "$OUT" ${BENCH_ARGS:-} \
     >"$OUT/bench_decode.log" 2>&1 || { status=1; tail -30 "$OUT/bench_decode.log"; }
   echo "bench: $((SECONDS - start)) s"
 fi

@@ -47,7 +47,7 @@ def load_library(path):
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     decode = library.seer_bench_decode_bf16
     decode.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, i64,
-                       ptr, ctypes.c_char_p, i64]
+                       i64, i64, ptr, ctypes.c_char_p, i64]
     decode.restype = ctypes.c_int
     workspace = library.seer_bench_decode_workspace_bf16
     workspace.argtypes = [i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, i64, ctypes.c_char_p, i64]
@@ -140,6 +140,14 @@ def main():
     parser.add_argument("--sweep-splits", default="8,16,32,64",
                         help="forced split bounds also timed at density 0.1 (diagnostics; the table reports the "
                              "automatic choice)")
+    parser.add_argument("--variants", default="",
+                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/COPY/SPLITS with "
+                             "PIPELINE auto|shallow|deep, COPY auto|async|bulk, SPLITS 0 (automatic) or a bound; "
+                             "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
+                             "context, e.g. 1x32k@deep/bulk/16)")
+    parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
+                        help="SDPA backends timed (the fastest is the baseline)")
+    parser.add_argument("--skip-dense", action="store_true", help="no seer-dense row")
     parser.add_argument("--profile", action="store_true",
                         help="no timing: five seer calls per sparse density (for a profiler such as ncu)")
     args = parser.parse_args()
@@ -177,7 +185,7 @@ def main():
                     copies.append((keys.clone(), values.clone()))
                 return copies[:wanted]
 
-            def seer_call(blocks, workspace, forced_splits=0, cache=None):
+            def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, copy=0):
                 k, v = cache if cache is not None else (keys, values)
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 stream = torch.cuda.current_stream().cuda_stream
@@ -186,8 +194,8 @@ def main():
                                 key_blocks.data_ptr() if blocks is not None else None,
                                 counts.data_ptr() if blocks is not None else None, capacity,
                                 workspace.data_ptr() if workspace is not None else None,
-                                workspace.numel() if workspace is not None else 0, forced_splits, stream, error,
-                                len(error))
+                                workspace.numel() if workspace is not None else 0, forced_splits, pipeline, copy,
+                                stream, error, len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
@@ -214,8 +222,11 @@ def main():
             sdpa_caches.append((sdpa_caches[0][0].clone(), sdpa_caches[0][1].clone()))  # a call reads > the L2
             sdpa, sdpa_errors = {}, {}
             reference = None
+            wanted_backends = args.sdpa_backends.split(",")
             for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
                                   ("cudnn", SDPBackend.CUDNN_ATTENTION), ("default", None)):
+                if name not in wanted_backends:
+                    continue
                 calls = [lambda k=k, v=v: F.scaled_dot_product_attention(q_sdpa, k, v, enable_gqa=True)
                          for k, v in sdpa_caches]
                 try:
@@ -257,18 +268,20 @@ def main():
             for name, times in sdpa.items():
                 record(f"sdpa-{name}", 1.0, batch * KV_HEADS * (context // BLOCK), times, 0.0)
 
-            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0):
-                call = lambda: seer_call(blocks, workspace, forced_splits)
-                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c) for c in copies_for(bytes_per_call)]
+            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, copy=0):
+                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, copy)
+                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, copy)
+                               for c in copies_for(bytes_per_call)]
                 return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls)}
 
             # ---- seer dense ----
-            workspace = workspace_for(0, True)
-            seer_call(None, workspace)
-            torch.cuda.synchronize()
-            difference = (out.float() - reference).abs().max().item()
-            record("seer-dense", 1.0, batch * KV_HEADS * (context // BLOCK), time_seer(None, workspace, cache_bytes),
-                   difference)
+            if not args.skip_dense:
+                workspace = workspace_for(0, True)
+                seer_call(None, workspace)
+                torch.cuda.synchronize()
+                difference = (out.float() - reference).abs().max().item()
+                record("seer-dense", 1.0, batch * KV_HEADS * (context // BLOCK),
+                       time_seer(None, workspace, cache_bytes), difference)
 
             # ---- seer sparse ----
             for density in [float(d) for d in args.densities.split(",")]:
@@ -287,6 +300,23 @@ def main():
                         sweep[forced] = time_seer(blocks, forced_workspace, kept_bytes, forced)
                     print(json.dumps({"batch": batch, "context": context, "density": density, "forced_splits": sweep}),
                           flush=True)
+                if density == 0.1 and args.variants:
+                    pipelines, copy_kinds = {"auto": 0, "shallow": 1, "deep": 2}, {"auto": 0, "async": 1, "bulk": 2}
+                    for variant in args.variants.split(","):
+                        if "@" in variant:
+                            selector, variant = variant.split("@")
+                            for_batch, _, for_context = selector.partition("x")
+                            if int(for_batch) != batch:
+                                continue
+                            if for_context and int(for_context.replace("k", "")) * (
+                                    1024 if for_context.endswith("k") else 1) != context:
+                                continue
+                        pipeline, copy, forced = variant.split("/")
+                        forced = int(forced)
+                        forced_workspace = workspace_for(capacity, False, forced)
+                        times = time_seer(blocks, forced_workspace, kept_bytes, forced, pipelines[pipeline],
+                                          copy_kinds[copy])
+                        record(f"seer {variant}", density, kept, times, None, forced)
             del q, keys, values, out, lse, q_sdpa, reference, copies
             torch.cuda.empty_cache()
 

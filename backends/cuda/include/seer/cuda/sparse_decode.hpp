@@ -47,31 +47,47 @@ namespace seer::cuda {
 
 inline bool decode_supports_head_dim(std::int64_t head_dim) { return gpu::decode_supports_head_dim(head_dim); }
 
+// The kernel variant whose K/V rows arrive by bulk copies needs sm_90 device code in the build (seer's
+// CMake target defines SEER_CUDA_WARPGROUP_KERNELS when CMAKE_CUDA_ARCHITECTURES lists 90a) and a
+// GPU of compute capability 9.
+#if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
+inline constexpr bool kDecodeBulkCopyBuilt = true;
+#else
+inline constexpr bool kDecodeBulkCopyBuilt = false;
+#endif
+
 namespace detail {
 
 // What the launch shape needs to know of the current device: the shallow kernel's resident CTAs (2
-// per multiprocessor, its launch bound; its shared memory allows it for every head dim), and the
-// deep-pipeline kernel's (one per multiprocessor; 0 where a CTA cannot get its shared memory).
+// per multiprocessor, its launch bound; its shared memory allows it for every head dim), the
+// deep-pipeline kernel's (one per multiprocessor; 0 where a CTA cannot get its shared memory), and
+// whether the bulk-copy kernels can run.
 struct DecodeDevice {
   std::int64_t resident_ctas = 1;
   std::int64_t deep_pipeline_ctas = 0;
+  bool bulk_copy = false;
 };
 
 inline DecodeDevice decode_device() {
-  int device = 0, multiprocessors = 0, shared_bytes = 0;
+  int device = 0, multiprocessors = 0, shared_bytes = 0, major = 0;
   gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
   gpu::vendor::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
                      "cudaDeviceGetAttribute(MultiProcessorCount)");
   gpu::vendor::check(cudaDeviceGetAttribute(&shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  constexpr int kDeepBytes = gpu::DecodeTraits<bfloat16, 128, 4, true>::kSharedBytes;  // the largest deep CTA
-  return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= kDeepBytes ? multiprocessors : 0};
+  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  const bool bulk_copy = kDecodeBulkCopyBuilt && major >= 9;
+  // The largest deep CTA of the variant that runs here.
+  const int deep_bytes = bulk_copy ? gpu::DecodeTraits<bfloat16, 128, 4, true, true>::kSharedBytes
+                                   : gpu::DecodeTraits<bfloat16, 128, 4, true, false>::kSharedBytes;
+  return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= deep_bytes ? multiprocessors : 0, bulk_copy};
 }
 
-template <class T, int HeadDim, int RowBlocks, bool Deep>
+template <class T, int HeadDim, int RowBlocks, bool Deep, bool Bulk>
 void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
-  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep>;
-  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep>;
+  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk>;
+  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep, Bulk>;
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
@@ -81,10 +97,19 @@ void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t strea
 
 template <class T, int HeadDim, int RowBlocks>
 void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
-  if (params.deep_pipeline) {
-    launch_decode_kernel<T, HeadDim, RowBlocks, true>(params, stream);
+  if (params.bulk_copy) {
+    require(detail::decode_device().bulk_copy, "shape",
+            "asks for bulk copies, which need a GPU of compute capability 9 and a build with sm_90a device code "
+            "(SEER_CUDA_WARPGROUP_KERNELS)");
+    if (params.deep_pipeline) {
+      launch_decode_kernel<T, HeadDim, RowBlocks, true, true>(params, stream);
+    } else {
+      launch_decode_kernel<T, HeadDim, RowBlocks, false, true>(params, stream);
+    }
+  } else if (params.deep_pipeline) {
+    launch_decode_kernel<T, HeadDim, RowBlocks, true, false>(params, stream);
   } else {
-    launch_decode_kernel<T, HeadDim, RowBlocks, false>(params, stream);
+    launch_decode_kernel<T, HeadDim, RowBlocks, false, false>(params, stream);
   }
 }
 
@@ -109,7 +134,7 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
           " KV heads, which does not divide the ", q.heads, " query heads");
   const DecodeDevice device = decode_device();
   return gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
-                                  device.resident_ctas, device.deep_pipeline_ctas);
+                                  device.resident_ctas, device.deep_pipeline_ctas, device.bulk_copy);
 }
 
 }  // namespace detail

@@ -62,6 +62,7 @@ struct DecodeParams {
   std::int64_t splits = 1;       // grid x: the upper bound on any row's effective splits
   bool tile_in_one_page = true;  // contiguous cache, or pages a multiple of 64 tokens
   bool deep_pipeline = false;    // host-side: launch the one-CTA-per-multiprocessor kernel (more tiles in flight)
+  bool bulk_copy = false;        // host-side: launch the kernel whose K/V rows arrive by bulk copies (sm_90)
   float scale_log2 = 0.0f;       // softmax_scale * log2(e)
 
   // Partial rows are indexed (sequence, token, query head) with the token below max_query_tokens,
@@ -106,6 +107,7 @@ struct DecodeLaunchShape {
   std::int64_t head_chunks = 1;
   std::int64_t splits = 1;
   bool deep_pipeline = false;  // one CTA per multiprocessor with more K/V tiles in flight
+  bool bulk_copy = false;      // K/V rows by bulk copies (NVIDIA sm_90), not 16-byte cp.async
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -126,8 +128,9 @@ struct DecodeLaunchShape {
 inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_heads, std::int64_t kv_heads,
                                              std::int64_t max_query_tokens, std::int64_t max_cached_tokens,
                                              const DecodeBlockListView* blocks, std::int64_t resident_ctas,
-                                             std::int64_t deep_pipeline_ctas = 0) {
+                                             std::int64_t deep_pipeline_ctas = 0, bool bulk_copy = false) {
   DecodeLaunchShape shape;
+  shape.bulk_copy = bulk_copy;
   const std::int64_t group = q_heads / kv_heads;
   const std::int64_t tokens = std::max<std::int64_t>(1, max_query_tokens);
   shape.heads_per_cta = std::min(group, std::max<std::int64_t>(1, kDecodeMaxRows / tokens));
@@ -265,6 +268,7 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
   params.max_query_tokens = q.max_length;
   params.splits = shape.splits;
   params.deep_pipeline = shape.deep_pipeline;
+  params.bulk_copy = shape.bulk_copy;
   params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
   params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
   require(cache.heads * shape.head_chunks <= 65535, "cache", "has ", cache.heads,
