@@ -141,10 +141,11 @@ def main():
                         help="forced split bounds also timed at density 0.1 (diagnostics; the table reports the "
                              "automatic choice)")
     parser.add_argument("--variants", default="",
-                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/COPY/SPLITS with "
-                             "PIPELINE auto|shallow|deep, COPY auto|async|bulk, SPLITS 0 (automatic) or a bound; "
+                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/ORDER/SPLITS with "
+                             "PIPELINE auto|shallow|deep, ORDER auto|inter|contig (interleaved or contiguous splits), "
+                             "SPLITS 0 (automatic) or a bound; "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
-                             "context, e.g. 1x32k@deep/bulk/16)")
+                             "context, e.g. 1x32k@deep/contig/16)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
                         help="SDPA backends timed (the fastest is the baseline)")
     parser.add_argument("--skip-dense", action="store_true", help="no seer-dense row")
@@ -185,7 +186,7 @@ def main():
                     copies.append((keys.clone(), values.clone()))
                 return copies[:wanted]
 
-            def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, copy=0):
+            def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, order=0):
                 k, v = cache if cache is not None else (keys, values)
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 stream = torch.cuda.current_stream().cuda_stream
@@ -194,7 +195,7 @@ def main():
                                 key_blocks.data_ptr() if blocks is not None else None,
                                 counts.data_ptr() if blocks is not None else None, capacity,
                                 workspace.data_ptr() if workspace is not None else None,
-                                workspace.numel() if workspace is not None else 0, forced_splits, pipeline, copy,
+                                workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order,
                                 stream, error, len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
@@ -268,9 +269,9 @@ def main():
             for name, times in sdpa.items():
                 record(f"sdpa-{name}", 1.0, batch * KV_HEADS * (context // BLOCK), times, 0.0)
 
-            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, copy=0):
-                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, copy)
-                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, copy)
+            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, order=0):
+                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, order)
+                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order)
                                for c in copies_for(bytes_per_call)]
                 return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls)}
 
@@ -301,7 +302,7 @@ def main():
                     print(json.dumps({"batch": batch, "context": context, "density": density, "forced_splits": sweep}),
                           flush=True)
                 if density == 0.1 and args.variants:
-                    pipelines, copy_kinds = {"auto": 0, "shallow": 1, "deep": 2}, {"auto": 0, "async": 1, "bulk": 2}
+                    pipelines, orders = {"auto": 0, "shallow": 1, "deep": 2}, {"auto": 0, "inter": 1, "contig": 2}
                     for variant in args.variants.split(","):
                         if "@" in variant:
                             selector, variant = variant.split("@")
@@ -311,11 +312,11 @@ def main():
                             if for_context and int(for_context.replace("k", "")) * (
                                     1024 if for_context.endswith("k") else 1) != context:
                                 continue
-                        pipeline, copy, forced = variant.split("/")
+                        pipeline, order, forced = variant.split("/")
                         forced = int(forced)
                         forced_workspace = workspace_for(capacity, False, forced)
                         times = time_seer(blocks, forced_workspace, kept_bytes, forced, pipelines[pipeline],
-                                          copy_kinds[copy])
+                                          orders[order])
                         record(f"seer {variant}", density, kept, times, None, forced)
             del q, keys, values, out, lse, q_sdpa, reference, copies
             torch.cuda.empty_cache()

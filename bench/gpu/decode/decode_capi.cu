@@ -71,27 +71,27 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
 }
 
 // One decode call on `stream`. key_blocks == nullptr selects dense decoding; forced_splits > 0 replaces the
-// automatic split bound; forced_pipeline 1 / 2 the shallow / deep kernel, forced_copy 1 / 2 16-byte cp.async /
-// bulk copies (0: automatic). Returns 0, or 1 with a message.
+// automatic split bound; forced_pipeline 1 / 2 the shallow / deep kernel, forced_order 1 / 2 interleaved /
+// contiguous splits (0: automatic). Returns 0, or 1 with a message.
 extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
                                       void* out, float* lse, std::int64_t batch, std::int64_t q_len,
                                       std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
                                       std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
                                       const std::int32_t* counts, std::int64_t block_capacity, void* workspace,
                                       std::int64_t workspace_bytes, std::int64_t forced_splits,
-                                      std::int64_t forced_pipeline, std::int64_t forced_copy, void* stream, char* error,
-                                      std::int64_t error_capacity) {
+                                      std::int64_t forced_pipeline, std::int64_t forced_order, void* stream,
+                                      char* error, std::int64_t error_capacity) {
   try {
     const Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
                                    max_length, key_blocks, counts, block_capacity);
     seer::TensorView<float, 2> lse_view;
     if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
     const seer::DecodeBlockListView* blocks = key_blocks != nullptr ? &views.blocks : nullptr;
-    if (forced_splits > 0 || forced_pipeline > 0 || forced_copy > 0) {
+    if (forced_splits > 0 || forced_pipeline > 0 || forced_order > 0) {
       seer::gpu::DecodeLaunchShape shape = seer::cuda::detail::automatic_decode_shape(views.q, views.cache, blocks);
       if (forced_splits > 0) shape.splits = forced_splits;
       if (forced_pipeline > 0) shape.deep_pipeline = forced_pipeline == 2;
-      if (forced_copy > 0) shape.bulk_copy = forced_copy == 2;
+      if (forced_order > 0) shape.contiguous_splits = forced_order == 2;
       seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
           views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
           shape, static_cast<cudaStream_t>(stream));

@@ -53,8 +53,6 @@ std::unique_ptr<DeviceArray<U>> upload(const U* host, std::int64_t count) {
 
 bool have_gpu() { return gpu_test::device_present(); }
 
-bool have_bulk_copy() { return have_gpu() && cuda::detail::decode_device().bulk_copy; }
-
 template <class T>
 std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
   DeviceArray<T> q(call.q.data, call.q_elements);
@@ -99,10 +97,10 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
   gpu::DecodeLaunchShape shape = cuda::detail::automatic_decode_shape(device_q, device_cache, blocks);
   if (call.forced_splits > 0) shape.splits = call.forced_splits;
   if (call.pipeline != 0) shape.deep_pipeline = call.pipeline == 2;
-  if (call.copy != 0) shape.bulk_copy = call.copy == 2;
+  if (call.split_order != 0) shape.contiguous_splits = call.split_order == 2;
   const std::int64_t workspace_bytes =
       gpu::decode_workspace_bytes_for(call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
-  if (call.forced_splits == 0 && call.pipeline == 0 && call.copy == 0 && !call.amd_kernel)  // the public query agrees
+  if (call.forced_splits == 0 && call.pipeline == 0 && call.split_order == 0 && !call.amd_kernel)  // public query
     if (cuda::decode_workspace_bytes(device_q, device_cache, blocks) != workspace_bytes)
       throw Error("decode_workspace_bytes disagrees with the shape sparse_decode uses");
   DeviceArray<float> workspace((workspace_bytes + 3) / 4);
@@ -120,7 +118,7 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
     if (call.amd_kernel) {
       amd_decode<T>(device_q, device_cache, blocks, call.options, device_out, device_lse, workspace.get(),
                     workspace_bytes, shape, on);
-    } else if (call.forced_splits > 0 || call.pipeline != 0 || call.copy != 0) {
+    } else if (call.forced_splits > 0 || call.pipeline != 0 || call.split_order != 0) {
       cuda::detail::sparse_decode_with_shape<T>(device_q, device_cache, blocks, call.options, device_out, device_lse,
                                                 workspace.get(), workspace_bytes, shape, on);
     } else {

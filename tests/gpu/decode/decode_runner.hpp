@@ -18,9 +18,6 @@ namespace seer::decode_test {
 // True when a CUDA device can be used.
 bool have_gpu();
 
-// True when the decode kernels with bulk copies can run here (sm_90 device code and GPU).
-bool have_bulk_copy();
-
 // A decode call described with host memory: q, the cache (keys, values, lengths, page table) and the
 // block list point to host buffers of the given element counts; lse, when present, is a contiguous
 // [Hq, total_q] host view.
@@ -40,7 +37,7 @@ struct HostDecodeCall {
   std::int64_t forced_splits = 0;  // > 0: this split bound instead of the automatic one
   bool amd_kernel = false;         // run seer/gpu/decode_kernel_amd.hpp (portable path) instead
   int pipeline = 0;                // 0: the automatic kernel; 1: the shallow one (2 CTAs/SM); 2: the deep one
-  int copy = 0;                    // 0: automatic; 1: 16-byte cp.async; 2: bulk copies (have_bulk_copy())
+  int split_order = 0;             // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
 };
 
 // Runs the call; returns the split bound it used.

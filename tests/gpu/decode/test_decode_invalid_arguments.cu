@@ -154,6 +154,20 @@ TEST_CASE("gpu decode: the workspace size follows the split bound") {
   few.capacity = 5;  // at most 3 useful splits (2 tiles each)
   CHECK(gpu::decode_launch_shape(1, 32, 8, 1, 32768, &few, 264, 132).splits == 3);
   CHECK(!gpu::decode_launch_shape(1, 32, 8, 1, 32768, nullptr, 264, 132).deep_pipeline);  // dense: shallow
+  // A deep CTA holding 5 tiles in flight (head dim 128): at 32k the longest row's share (60 / 16) fits;
+  // at 128k (206 / 16) it does not, and batch 1 takes one wave of shallow CTAs (264 / 8 = 33 splits).
+  const auto fits = gpu::decode_launch_shape(1, 32, 8, 1, 32768, &tenth_of_32k, 264, 132, 5);
+  CHECK(fits.deep_pipeline);
+  CHECK(fits.splits == 16);
+  const auto long_rows = gpu::decode_launch_shape(1, 32, 8, 1, 131072, &tenth_of_128k, 264, 132, 5);
+  CHECK(!long_rows.deep_pipeline);
+  CHECK(long_rows.splits == 33);
+  // Sparse calls with the shallow kernel take contiguous split ranges; the deep kernel (its prologue
+  // guesses the kept indices) and dense calls interleaved ones.
+  CHECK(long_rows.contiguous_splits);
+  CHECK(large.contiguous_splits);
+  CHECK(!fits.contiguous_splits);
+  CHECK(!small.contiguous_splits);
   const auto chunks = gpu::decode_launch_shape(1, 32, 2, 8, 4096, nullptr, 264);
   CHECK(chunks.heads_per_cta == 8);
   CHECK(chunks.head_chunks == 2);

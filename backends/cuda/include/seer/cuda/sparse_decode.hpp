@@ -47,47 +47,31 @@ namespace seer::cuda {
 
 inline bool decode_supports_head_dim(std::int64_t head_dim) { return gpu::decode_supports_head_dim(head_dim); }
 
-// The kernel variant whose K/V rows arrive by bulk copies needs sm_90 device code in the build (seer's
-// CMake target defines SEER_CUDA_WARPGROUP_KERNELS when CMAKE_CUDA_ARCHITECTURES lists 90a) and a
-// GPU of compute capability 9.
-#if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
-inline constexpr bool kDecodeBulkCopyBuilt = true;
-#else
-inline constexpr bool kDecodeBulkCopyBuilt = false;
-#endif
-
 namespace detail {
 
 // What the launch shape needs to know of the current device: the shallow kernel's resident CTAs (2
-// per multiprocessor, its launch bound; its shared memory allows it for every head dim), the
-// deep-pipeline kernel's (one per multiprocessor; 0 where a CTA cannot get its shared memory), and
-// whether the bulk-copy kernels can run.
+// per multiprocessor, its launch bound; its shared memory allows it for every head dim), and the
+// deep-pipeline kernel's (one per multiprocessor; 0 where a CTA cannot get its shared memory).
 struct DecodeDevice {
   std::int64_t resident_ctas = 1;
   std::int64_t deep_pipeline_ctas = 0;
-  bool bulk_copy = false;
 };
 
 inline DecodeDevice decode_device() {
-  int device = 0, multiprocessors = 0, shared_bytes = 0, major = 0;
+  int device = 0, multiprocessors = 0, shared_bytes = 0;
   gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
   gpu::vendor::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
                      "cudaDeviceGetAttribute(MultiProcessorCount)");
   gpu::vendor::check(cudaDeviceGetAttribute(&shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
-  const bool bulk_copy = kDecodeBulkCopyBuilt && major >= 9;
-  // The largest deep CTA of the variant that runs here.
-  const int deep_bytes = bulk_copy ? gpu::DecodeTraits<bfloat16, 128, 4, true, true>::kSharedBytes
-                                   : gpu::DecodeTraits<bfloat16, 128, 4, true, false>::kSharedBytes;
-  return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= deep_bytes ? multiprocessors : 0, bulk_copy};
+  constexpr int kDeepBytes = gpu::DecodeTraits<bfloat16, 128, 4, true>::kSharedBytes;  // the largest deep CTA
+  return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= kDeepBytes ? multiprocessors : 0};
 }
 
-template <class T, int HeadDim, int RowBlocks, bool Deep, bool Bulk>
+template <class T, int HeadDim, int RowBlocks, bool Deep>
 void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
-  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk>;
-  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep, Bulk>;
+  using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep>;
+  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep>;
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
@@ -97,19 +81,10 @@ void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t strea
 
 template <class T, int HeadDim, int RowBlocks>
 void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
-  if (params.bulk_copy) {
-    require(detail::decode_device().bulk_copy, "shape",
-            "asks for bulk copies, which need a GPU of compute capability 9 and a build with sm_90a device code "
-            "(SEER_CUDA_WARPGROUP_KERNELS)");
-    if (params.deep_pipeline) {
-      launch_decode_kernel<T, HeadDim, RowBlocks, true, true>(params, stream);
-    } else {
-      launch_decode_kernel<T, HeadDim, RowBlocks, false, true>(params, stream);
-    }
-  } else if (params.deep_pipeline) {
-    launch_decode_kernel<T, HeadDim, RowBlocks, true, false>(params, stream);
+  if (params.deep_pipeline) {
+    launch_decode_kernel<T, HeadDim, RowBlocks, true>(params, stream);
   } else {
-    launch_decode_kernel<T, HeadDim, RowBlocks, false, false>(params, stream);
+    launch_decode_kernel<T, HeadDim, RowBlocks, false>(params, stream);
   }
 }
 
@@ -133,8 +108,11 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
   require(cache.heads > 0 && q.heads % cache.heads == 0, "cache", "has ", cache.heads,
           " KV heads, which does not divide the ", q.heads, " query heads");
   const DecodeDevice device = decode_device();
+  // Tiles a deep CTA holds in flight: its stages but one.
+  const std::int64_t deep_tiles = q.head_dim == 64 ? gpu::DecodeTraits<T, 64, 1, true>::kStages - 1
+                                                   : gpu::DecodeTraits<T, 128, 1, true>::kStages - 1;
   return gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
-                                  device.resident_ctas, device.deep_pipeline_ctas, device.bulk_copy);
+                                  device.resident_ctas, device.deep_pipeline_ctas, deep_tiles);
 }
 
 }  // namespace detail

@@ -32,7 +32,6 @@
 #include "seer/gpu/tensor_core.hpp"
 #include "seer/gpu/vendor.hpp"
 #if !defined(__HIPCC__)
-#include "seer/gpu/bulk_async_copy.hpp"
 #include "seer/gpu/prefill_kernel.hpp"  // detail::load_tile_async
 #endif
 
@@ -50,18 +49,23 @@ struct DecodeCtaWork {
   std::int64_t key_tiles = 0;                // tiles holding cached tokens
   const std::int32_t* kept_tiles = nullptr;  // null: dense
   std::int64_t effective_splits = 1, split = 0, steps = 0;
-  std::int64_t first_kept = 0;  // kept_tiles[split], loaded together with the row's count
+  std::int64_t first_kept = 0;   // kept_tiles[split], loaded together with the row's count
+  bool contiguous = false;       // params.contiguous_splits
+  std::int64_t first_index = 0;  // contiguous: the CTA's range of the row's tiles starts here
   BlockGeometry geometry;
 
-  // Tile of step `step` of this CTA: the row's kept tile split + step * effective_splits. Interleaved
-  // splits are as balanced as contiguous ranges (within one tile), and a CTA's first kept index does not
-  // depend on the row's count, so its load overlaps the count's instead of following it (one memory
-  // round trip less before the first K/V copy). An index outside the sequence becomes key_tiles, a
+  // Tile of step `step` of this CTA. Interleaved (the default): the row's kept tile split + step *
+  // effective_splits; as balanced as contiguous ranges (within one tile), and a CTA's first kept
+  // index does not depend on the row's count, so its load overlaps the count's instead of following
+  // it (one memory round trip less before the first K/V copy). Contiguous: first_index + step, a
+  // range of the list whose tiles lie close together in the cache (fewer address-translation pages
+  // per CTA), at the price of that round trip. An index outside the sequence becomes key_tiles, a
   // tile that is all masked (its rows are zero-filled and never read).
   __device__ std::int64_t tile(std::int64_t step) const {
-    const std::int64_t index = split + step * effective_splits;
+    const std::int64_t index = contiguous ? first_index + step : split + step * effective_splits;
     std::int64_t tile = index;
-    if (kept_tiles != nullptr) tile = step == 0 ? first_kept : static_cast<std::int64_t>(kept_tiles[index]);
+    if (kept_tiles != nullptr)
+      tile = step == 0 && !contiguous ? first_kept : static_cast<std::int64_t>(kept_tiles[index]);
     return checked_tile(tile);
   }
   __device__ std::int64_t checked_tile(std::int64_t tile) const {
@@ -75,9 +79,18 @@ struct DecodeCtaWork {
   }
 };
 
+// Asks for the L2 line holding `address` without waiting for it (NVIDIA; nothing on AMD).
+__device__ inline void prefetch_to_l2(const void* address) {
+#if defined(__HIPCC__)
+  (void)address;
+#else
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
+#endif
+}
+
 // Fills `work` for this CTA; false when it has nothing to do (a split beyond the row's effective
 // splits, or a sequence without query tokens). `guessed[k]` receives the kept index of step k of a row
-// that uses all `splits` (kept_tiles[split + k * splits], 0 past the capacity), read together with the
+// that uses all `splits` with interleaved splits (kept_tiles[split + k * splits]), read together with the
 // row's count: a long row (the common case of a small batch) has effective splits == splits, and its
 // first copies then need no second memory round trip (guessed[0] = first_kept holds for any row).
 template <class T, int GuessedSteps>
@@ -103,6 +116,10 @@ __device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaW
       guessed[step] = *(index < capacity ? work.kept_tiles + index : params.blocks.counts + row);
     }
     work.first_kept = guessed[0];
+    // Contiguous splits: the range's start needs the count (a second round trip); meanwhile the L2
+    // fetches the line where it starts if the row is about as long as the capacity.
+    if (params.contiguous_splits && capacity > 0)
+      prefetch_to_l2(work.kept_tiles + work.split * capacity / params.splits);
   }
 
   const std::int64_t chunk = work.chunk;
@@ -123,7 +140,13 @@ __device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaW
                                                 : (count < params.blocks.capacity ? count : params.blocks.capacity);
   work.effective_splits = decode_effective_splits(tiles, params.splits);
   if (work.split >= work.effective_splits) return false;
-  work.steps = (tiles - work.split + work.effective_splits - 1) / work.effective_splits;
+  work.contiguous = params.contiguous_splits;
+  if (work.contiguous) {  // ranges of floor / ceil(tiles / effective splits) >= 1 tiles
+    work.first_index = work.split * tiles / work.effective_splits;
+    work.steps = (work.split + 1) * tiles / work.effective_splits - work.first_index;
+  } else {
+    work.steps = (tiles - work.split + work.effective_splits - 1) / work.effective_splits;
+  }
   return true;
 }
 
@@ -287,9 +310,8 @@ __device__ inline void write_decode_rows(const DecodeParams<T>& params, const De
 }  // namespace decode_detail
 
 // Tile shapes and the shared-memory budget of the NVIDIA kernel (RowBlocks: 16-row blocks of the
-// query tile, 1, 2 or 4; Deep: the one-CTA-per-multiprocessor variant for small grids; Bulk: K/V rows
-// arrive by bulk copies (seer/gpu/bulk_async_copy.hpp, sm_90) instead of 16-byte cp.async).
-template <class T, int HeadDim, int RowBlocks, bool Deep = false, bool Bulk = false>
+// query tile, 1, 2 or 4; Deep: the one-CTA-per-multiprocessor variant for small grids).
+template <class T, int HeadDim, int RowBlocks, bool Deep = false>
 struct DecodeTraits {
   static_assert(HeadDim == 64 || HeadDim == 128, "the decode kernel supports head dims 64 and 128");
   static_assert(RowBlocks == 1 || RowBlocks == 2 || RowBlocks == 4, "query tiles have 16, 32 or 64 rows");
@@ -301,11 +323,7 @@ struct DecodeTraits {
   static constexpr int kKeysPerWarp = kTileRows / kKeyGroups;  // 16, 32 or 64
   static constexpr int kQueryRows = 16 * RowBlocks;
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks
-  // A bulk copy writes a cache row as it is (no chunk swizzle), so its shared rows are padded by one
-  // chunk instead: 8 consecutive rows then start in 8 different 16-byte bank groups (ldmatrix reads 8
-  // rows at one column without conflicts). cp.async tiles are swizzled, unpadded.
-  static constexpr int kRowElements = Bulk ? HeadDim + 8 : HeadDim;
-  static constexpr int kTileElements = kTileRows * kRowElements;
+  static constexpr int kTileElements = kTileRows * HeadDim;
   // Tiles in flight: two or three 32 KB K+V tiles per CTA at head dim 128 keep enough bytes moving
   // with 2 CTAs per multiprocessor and many CTAs. A small grid (batch 1: 8 KV heads x splits) has one
   // CTA per multiprocessor at most, which then holds 5 tiles in flight (7 at head dim 64): a CTA of
@@ -315,18 +333,16 @@ struct DecodeTraits {
   static constexpr int kQueryBytes = kQueryRows * HeadDim * static_cast<int>(sizeof(T));
   static constexpr int kPipelineBytes = kStages * 2 * kTileElements * static_cast<int>(sizeof(T));
   static constexpr int kStagingBytes = kWarps * 16 * (HeadDim + decode_detail::kStagingPad + 2) * 4;
-  static constexpr int kTileAreaBytes = kPipelineBytes > kStagingBytes ? kPipelineBytes : kStagingBytes;
-  static constexpr int kBarrierBytes = Bulk ? kStages * 8 : 0;  // one transaction barrier per stage, after the tiles
-  static constexpr int kSharedBytes = kQueryBytes + kTileAreaBytes + kBarrierBytes;
+  static constexpr int kSharedBytes = kQueryBytes + (kPipelineBytes > kStagingBytes ? kPipelineBytes : kStagingBytes);
 };
 
 #if !defined(__HIPCC__)
 
-template <class T, int HeadDim, int RowBlocks, bool Deep, bool Bulk>
-__global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk>::kThreads,
-                                  DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk>::kCtasPerMultiprocessor)
+template <class T, int HeadDim, int RowBlocks, bool Deep>
+__global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kThreads,
+                                  DecodeTraits<T, HeadDim, RowBlocks, Deep>::kCtasPerMultiprocessor)
     sparse_decode_kernel(const DecodeParams<T> params) {
-  using Traits = DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk>;
+  using Traits = DecodeTraits<T, HeadDim, RowBlocks, Deep>;
   using Mma = matrix_multiply_accumulate<T>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
   constexpr int kStages = Traits::kStages;
@@ -343,14 +359,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
   extern __shared__ __align__(128) unsigned char decode_shared_bytes[];
   T* const shared_query = reinterpret_cast<T*>(decode_shared_bytes);
   T* const shared_tiles = reinterpret_cast<T*>(decode_shared_bytes + Traits::kQueryBytes);
-  // Bulk copies: stage s has a barrier that completes when all threads arrived and its rows landed.
-  std::uint64_t* const stage_barriers =
-      reinterpret_cast<std::uint64_t*>(decode_shared_bytes + Traits::kQueryBytes + Traits::kTileAreaBytes);
   const int thread = static_cast<int>(threadIdx.x);
-  if constexpr (Bulk) {
-    if (thread == 0)
-      for (int stage = 0; stage < kStages; ++stage) bulk::init_barrier(stage_barriers + stage, Traits::kThreads);
-  }
 
   // ---- Q: the group's rows, zeros for the padding rows ----
   for (int index = thread; index < Traits::kQueryRows * kChunksPerRow; index += Traits::kThreads) {
@@ -362,30 +371,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
   }
 
   const KvCacheView<const T>& cache = params.cache;
-  // Bulk copies: thread t brings row t % 64 of K (t < 64) or V of the tile, one copy of a whole cache row
-  // (contiguous or paged alike); a row past the sequence's end is zero-filled by the thread instead.
-  auto load_tile_bulk = [&](std::int64_t tile, int stage) {
-    static_assert(Traits::kThreads == 2 * Traits::kTileRows, "one thread per K row and per V row");
-    const int row = thread % Traits::kTileRows;
-    const bool is_value = thread >= Traits::kTileRows;
-    T* const destination =
-        shared_tiles + (2 * stage + (is_value ? 1 : 0)) * Traits::kTileElements + row * Traits::kRowElements;
-    std::uint64_t* const barrier = stage_barriers + stage;
-    const std::int64_t key = tile * Traits::kTileRows + row;
-    // The buffer's previous contents were read (ldmatrix) or zero-filled through the ordinary proxy.
-    bulk::order_shared_before_bulk_copies();
-    if (key < work.cached_tokens) {
-      const std::int64_t offset = cache.offset(work.sequence, key, work.kv_head);
-      bulk::arrive_and_copy(destination, (is_value ? cache.values : cache.keys) + offset,
-                            static_cast<std::uint32_t>(HeadDim * sizeof(T)), barrier);
-    } else {
-#pragma unroll
-      for (int chunk = 0; chunk < kChunksPerRow; ++chunk)
-        *reinterpret_cast<uint4*>(destination + chunk * 8) = make_uint4(0u, 0u, 0u, 0u);
-      bulk::arrive(barrier);
-    }
-  };
-  auto load_tile_async_copies = [&](std::int64_t tile, int stage) {
+  auto load_tile = [&](std::int64_t tile, int stage) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
     T* const values = keys + Traits::kTileElements;
     const std::int64_t first_key = tile * Traits::kTileRows;
@@ -409,20 +395,13 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
       vendor::copy_async_16_bytes(values + destination, cache.values + offset, valid);
     }
   };
-  auto load_tile = [&](std::int64_t tile, int stage) {
-    if constexpr (Bulk) {
-      load_tile_bulk(tile, stage);
-    } else {
-      load_tile_async_copies(tile, stage);
-    }
-  };
 
-  // ---- pipeline prologue: Q and the first kStages - 1 tiles (one commit group each for cp.async). Their
+  // ---- pipeline prologue: Q and the first kStages - 1 tiles, one commit group each. Their
   // kept indices are all known before the first copy (a copy is an asm statement with a memory clobber,
   // which would otherwise order each index load after the previous tile's copies): guessed with the
   // row's count when the row uses every split, else read now (one more memory round trip) ----
   std::int64_t prologue_tiles[kStages - 1];
-  if (work.kept_tiles != nullptr && work.effective_splits == params.splits) {
+  if (work.kept_tiles != nullptr && !work.contiguous && work.effective_splits == params.splits) {
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage)
       prologue_tiles[stage] = stage < work.steps ? work.checked_tile(guessed_tiles[stage]) : 0;
@@ -430,14 +409,10 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) prologue_tiles[stage] = stage < work.steps ? work.tile(stage) : 0;
   }
-  if constexpr (Bulk) {
-    vendor::commit_async_copies();  // Q's group
-    __syncthreads();                // the barriers are initialised
-  }
 #pragma unroll
   for (int stage = 0; stage < kStages - 1; ++stage) {
     if (stage < work.steps) load_tile(prologue_tiles[stage], stage);
-    if constexpr (!Bulk) vendor::commit_async_copies();
+    vendor::commit_async_copies();
   }
 
   const int lane = vendor::lane_index();
@@ -453,11 +428,6 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
   const int value_ldm_row = (lane % 8) + 8 * ((lane / 8) % 2);
   const int value_ldm_chunk = lane / 16;
   const int lane_low_bits = lane % 8;
-  // Element offset in a K or V tile of 16-byte chunk 2 * pair + half_chunk of `row`.
-  auto tile_offset = [&](int row, int pair, int half_chunk) {
-    if constexpr (Bulk) return row * Traits::kRowElements + (2 * pair + half_chunk) * 8;
-    return swizzled_pair_offset<kChunksPerRow>(row, lane_low_bits, pair, half_chunk);
-  };
 
   std::int64_t row_limit[2];
 #pragma unroll
@@ -474,14 +444,8 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
 
   std::int64_t next_tile = kStages - 1 < work.steps ? work.tile(kStages - 1) : 0;
   for (std::int64_t step = 0; step < work.steps; ++step) {
-    if constexpr (Bulk) {
-      if (step == 0) vendor::wait_async_copies<0>();  // Q landed for this thread
-      // Stage step % kStages serves steps s, s + kStages, ...: its (step / kStages)-th phase is this tile.
-      bulk::wait_barrier(stage_barriers + step % kStages, static_cast<std::uint32_t>((step / kStages) & 1));
-    } else {
-      vendor::wait_async_copies<kStages - 2>();  // tile `step` (and Q) landed for this thread
-    }
-    __syncthreads();  // ... for all; every warp is done with tile step - 1
+    vendor::wait_async_copies<kStages - 2>();  // tile `step` (and Q) landed for this thread
+    __syncthreads();                           // ... for all; every warp is done with tile step - 1
     if (step == 0) {
 #pragma unroll
       for (int step_d = 0; step_d < kDimSteps; ++step_d)
@@ -495,7 +459,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
         load_tile(next_tile, static_cast<int>(ahead % kStages));
         next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
       }
-      if constexpr (!Bulk) vendor::commit_async_copies();
+      vendor::commit_async_copies();
     }
     const std::int64_t tile = work.tile(step);
     const T* const keys = shared_tiles + static_cast<int>(step % kStages) * 2 * Traits::kTileElements;
@@ -510,7 +474,8 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
 #pragma unroll
       for (int pair = 0; pair < kKeyFragments / 2; ++pair) {
         std::uint32_t b[4];
-        load_matrix_x4(b, keys + tile_offset(key_base + 16 * pair + key_ldm_row, step_d, key_ldm_chunk));
+        load_matrix_x4(b, keys + swizzled_pair_offset<kChunksPerRow>(key_base + 16 * pair + key_ldm_row, lane_low_bits,
+                                                                     step_d, key_ldm_chunk));
         Mma::run(scores[2 * pair], query_fragments[step_d], b[0], b[1]);
         Mma::run(scores[2 * pair + 1], query_fragments[step_d], b[2], b[3]);
       }
@@ -578,19 +543,16 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep, Bulk
 #pragma unroll
       for (int pair = 0; pair < kDimFragments / 2; ++pair) {
         std::uint32_t b[4];
-        load_matrix_x4_transposed(b,
-                                  values + tile_offset(key_base + 16 * step_k + value_ldm_row, pair, value_ldm_chunk));
+        load_matrix_x4_transposed(
+            b, values + swizzled_pair_offset<kChunksPerRow>(key_base + 16 * step_k + value_ldm_row, lane_low_bits, pair,
+                                                            value_ldm_chunk));
         Mma::run(output[2 * pair], a, b[0], b[1]);
         Mma::run(output[2 * pair + 1], a, b[2], b[3]);
       }
     }
   }
-  vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses (every
-  __syncthreads();                 // bulk copy was waited for in the loop); every warp is done with the tiles
-  if constexpr (Bulk) {
-    if (thread == 0)
-      for (int stage = 0; stage < kStages; ++stage) bulk::invalidate_barrier(stage_barriers + stage);
-  }
+  vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
+  __syncthreads();                 // every warp is done with the tiles
 
   // ---- stage each warp's (max, sum, output) and combine ----
   float* const maxima = reinterpret_cast<float*>(shared_tiles);

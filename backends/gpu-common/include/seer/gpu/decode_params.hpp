@@ -5,8 +5,9 @@
 //
 // Work decomposition. One CTA serves (sequence b, KV head, chunk of the group's query heads, split s).
 // The kept tiles of row (b, KV head) (its DecodeBlockList row, or every tile of the sequence when
-// dense) are cut into `effective_splits` contiguous ranges of near-equal length, so splits balance
-// over the tiles a row really reads, not over the whole context. The host fixes only an upper bound
+// dense) are shared among `effective_splits` CTAs, either as contiguous ranges of near-equal length or
+// interleaved (split s takes every effective_splits-th tile from s on; DecodeParams::contiguous_splits),
+// so splits balance over the tiles a row really reads, not over the whole context. The host fixes only an upper bound
 // (`splits`, the grid's x extent) from what it knows without reading device memory (the block list
 // capacity, the cache's max_length, the number of multiprocessors); each row derives its own
 // effective count on the device from its kept-tile count: at least kDecodeMinTilesPerSplit tiles per
@@ -62,8 +63,9 @@ struct DecodeParams {
   std::int64_t splits = 1;       // grid x: the upper bound on any row's effective splits
   bool tile_in_one_page = true;  // contiguous cache, or pages a multiple of 64 tokens
   bool deep_pipeline = false;    // host-side: launch the one-CTA-per-multiprocessor kernel (more tiles in flight)
-  bool bulk_copy = false;        // host-side: launch the kernel whose K/V rows arrive by bulk copies (sm_90)
-  float scale_log2 = 0.0f;       // softmax_scale * log2(e)
+  // A CTA takes a contiguous range of its row's tiles instead of every effective_splits-th one.
+  bool contiguous_splits = false;
+  float scale_log2 = 0.0f;  // softmax_scale * log2(e)
 
   // Partial rows are indexed (sequence, token, query head) with the token below max_query_tokens,
   // which the host knows for padded and packed batches alike.
@@ -106,8 +108,8 @@ struct DecodeLaunchShape {
   std::int64_t heads_per_cta = 1;
   std::int64_t head_chunks = 1;
   std::int64_t splits = 1;
-  bool deep_pipeline = false;  // one CTA per multiprocessor with more K/V tiles in flight
-  bool bulk_copy = false;      // K/V rows by bulk copies (NVIDIA sm_90), not 16-byte cp.async
+  bool deep_pipeline = false;      // one CTA per multiprocessor with more K/V tiles in flight
+  bool contiguous_splits = false;  // each CTA one contiguous range of its row's tiles (else interleaved)
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -121,16 +123,25 @@ struct DecodeLaunchShape {
 //   time the short rows leave (a scheduling simulation of random rows: 70% -> 80% of the ideal at
 //   batch 16, 32k, density 0.1).
 //   Sparse, small batches (`deep_pipeline_ctas` > 0: the deep-pipeline kernel exists, and that many of
-//   its CTAs run at once, one per multiprocessor): when at least 4 splits of every row fit in one wave,
-//   one wave of deep CTAs. A 3-stage CTA keeps 2 tiles in flight and waits a memory latency for each
-//   further pair; at batch 1 that latency, not the bandwidth, set the time (H100, 32k, density 0.1:
-//   8 splits of ~7 tiles 18.2 us, 16 splits 15.2 us, graph replay; 128k: 1.7 TB/s over kept bytes).
+//   its CTAs run at once, one per multiprocessor): when at least 4 splits of every row fit in one wave
+//   and a CTA's share of the longest row fits in the tiles a deep CTA holds in flight
+//   (`deep_pipeline_tiles`; 0: no such limit), one wave of deep CTAs; otherwise, when at least 4 splits
+//   of every row fit in one wave of shallow CTAs, one such wave. A 3-stage CTA keeps 2 tiles in flight
+//   and waits a memory latency for each further pair (H100, batch 1, 32k, density 0.1: deep 16 splits
+//   12.5 us, shallow 32 splits 14.0 us, graph replay); a deep CTA with more tiles than stages gains
+//   nothing over two shallow ones (128k: deep 16 splits 32.0 us, shallow 33 splits 28.0 us).
+//   Split order: a deep CTA issues all its tiles at once, and interleaved splits let it guess their kept
+//   indices with the row's count (one memory round trip less: 32k, deep 16 splits 12.3 us interleaved,
+//   12.8 contiguous); a shallow CTA walks many tiles, and contiguous ranges (tiles close together in
+//   the cache) serve it better (128k, 33 splits 28.0 vs 28.4 us; batch 16 / 32k 83.9 vs 85.1 us; a deep
+//   CTA of 13 tiles 28.9 vs 32.0 us). Dense calls keep interleaved tiles.
 inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_heads, std::int64_t kv_heads,
                                              std::int64_t max_query_tokens, std::int64_t max_cached_tokens,
                                              const DecodeBlockListView* blocks, std::int64_t resident_ctas,
-                                             std::int64_t deep_pipeline_ctas = 0, bool bulk_copy = false) {
+                                             std::int64_t deep_pipeline_ctas = 0,
+                                             std::int64_t deep_pipeline_tiles = 0) {
   DecodeLaunchShape shape;
-  shape.bulk_copy = bulk_copy;
+  shape.contiguous_splits = blocks != nullptr;  // sparse and shallow: contiguous ranges (see above)
   const std::int64_t group = q_heads / kv_heads;
   const std::int64_t tokens = std::max<std::int64_t>(1, max_query_tokens);
   shape.heads_per_cta = std::min(group, std::max<std::int64_t>(1, kDecodeMaxRows / tokens));
@@ -141,8 +152,16 @@ inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_
   const std::int64_t ctas_per_split = std::max<std::int64_t>(1, batch * kv_heads * shape.head_chunks);
   const std::int64_t slots = std::max<std::int64_t>(1, resident_ctas);
   if (blocks != nullptr && deep_pipeline_ctas >= 4 * ctas_per_split) {
-    shape.deep_pipeline = true;
-    shape.splits = std::max<std::int64_t>(1, std::min(useful, deep_pipeline_ctas / ctas_per_split));
+    const std::int64_t splits = std::max<std::int64_t>(1, std::min(useful, deep_pipeline_ctas / ctas_per_split));
+    if (deep_pipeline_tiles <= 0 || (max_tiles + splits - 1) / splits <= deep_pipeline_tiles) {
+      shape.deep_pipeline = true;
+      shape.contiguous_splits = false;  // the guessed prologue
+      shape.splits = splits;
+      return shape;
+    }
+  }
+  if (blocks != nullptr && slots >= 4 * ctas_per_split) {
+    shape.splits = std::max<std::int64_t>(1, std::min(useful, slots / ctas_per_split));
     return shape;
   }
   if (blocks != nullptr) {
@@ -268,7 +287,7 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
   params.max_query_tokens = q.max_length;
   params.splits = shape.splits;
   params.deep_pipeline = shape.deep_pipeline;
-  params.bulk_copy = shape.bulk_copy;
+  params.contiguous_splits = shape.contiguous_splits;
   params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
   params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
   require(cache.heads * shape.head_chunks <= 65535, "cache", "has ", cache.heads,
