@@ -37,9 +37,10 @@ using gpu::rope_and_pool;
 using gpu::select_blocks;
 using gpu::selected_blocks_bound;
 
-// The current device's limits: its multiprocessor count, and 64 KiB of shared memory for a selection
-// CTA's logits (16 rows of 1024 key blocks, i.e. 64k tokens, stay in shared memory; longer rows use
-// workspace slices). Hopper and Ampere allow the resulting ~100 KiB per CTA.
+// The current device's limits: its multiprocessor count, and up to 128 KiB of shared memory for a
+// selection CTA's logits (16 rows of 2048 key blocks, i.e. 128k tokens, stay in shared memory, beside
+// ~54 KiB of tiles and scratch: ~182 KiB, which Hopper offers; the plan takes fewer rows where the device
+// offers less, and rows too long for 4 per CTA use workspace slices).
 inline DeviceLimits device_limits() {
   int device = 0, multiprocessors = 0;
   gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
@@ -52,7 +53,7 @@ inline DeviceLimits device_limits() {
                      "cudaDeviceGetAttribute(WarpSize)");
   DeviceLimits limits;
   limits.multiprocessors = multiprocessors;
-  limits.logit_shared_bytes = 64 * 1024;
+  limits.logit_shared_bytes = 128 * 1024;
   limits.shared_bytes_per_block = shared_bytes;
   limits.warp_size = warp_size;
   return limits;

@@ -33,6 +33,7 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/block_set.hpp"
 #include "seer/core/platform.hpp"
+#include "seer/gpu/fp32_tensor_dot.hpp"
 #include "seer/gpu/gate_features_kernel.hpp"
 #include "seer/gpu/vendor.hpp"
 #include "seer/gpu/warp_algorithms.hpp"
@@ -43,12 +44,8 @@
 
 namespace seer::gpu {
 
-inline constexpr int kSelectionMaxRows = 16;  // rows per work item (the logit tiles cover 16 rows x 32 keys)
-// 16-byte vectors of a key tile per thread: up to 8 (32 keys x 256 dims or 64 keys x 128 dims over 256
-// threads), of which the first 4 (a whole 32 x 128 tile) are prefetched in registers during the previous
-// tile's multiply; the others are loaded when stored.
-inline constexpr int kSelectionTileVectors = 8;
-inline constexpr int kSelectionStagedVectors = 4;
+inline constexpr int kSelectionMaxRows = 16;        // rows per work item (one 16-row tensor-core tile)
+inline constexpr int kSelectionTensorKeyTile = 64;  // key blocks per shared tile on NVIDIA (8 warps x 8)
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
@@ -110,7 +107,7 @@ struct SelectionParams {
   SelectionOutput output;
   bool write = false;              // false: count pass (row sizes into row_offsets[row + 1])
   int rows_per_item = 1;           // R <= kSelectionMaxRows, and R <= 2 * kGateThreads / key_tile
-  int key_tile = 32;               // key blocks per shared-memory tile: 32 (16 rows) or 64 (8 rows)
+  int key_tile = 32;               // key blocks per shared tile: 64 on NVIDIA; 32 (16 rows) or 64 (8 rows) on AMD
   std::int64_t row_stride = 0;     // logit buffer floats per row (>= max visible key blocks)
   float* global_logits = nullptr;  // null: logits in shared memory; else [gridDim.x][R][row_stride]
   std::int64_t items = 0;          // batch * heads * item_tiles
@@ -197,11 +194,14 @@ struct RowView {
       return static_cast<int>(value < 0 ? 0 : value > visible ? visible : value);
     };
     sinks = clamp(forced.sink_blocks);
+    forced_count = sinks;
     if (forced.keep_diagonal) {
       diagonal_first = clamp(geometry.diagonal_first(m));
       diagonal_last = clamp(geometry.diagonal_last(m) + 1) - 1;
+      // forced_block_count from the bounds already at hand (the same clamps; two divisions fewer per row)
+      const int first = diagonal_first > sinks ? diagonal_first : sinks;
+      if (diagonal_last >= first) forced_count += diagonal_last - first + 1;
     }
-    forced_count = forced_block_count(forced, geometry, m, visible);
   }
   __device__ bool is_forced(int n) const { return n < sinks || (n >= diagonal_first && n <= diagonal_last); }
 };
@@ -404,12 +404,91 @@ struct KeepAboveThreshold {
   __device__ bool tie_taken(std::int64_t) const { return false; }
 };
 
+// keep_best for rows of at most Slots * warp_size candidates, their keys held in registers (lane l: candidates
+// l, l + warp_size, ...; 0 for forced blocks and past the row). The take-th best key is found bit by bit
+// from the top: per bit, one count of the keys at or above a trial threshold (a warp reduction), starting
+// below the bits that every candidate shares and stopping as soon as a threshold keeps exactly `take`.
+// Ties at the final key go to the lower index, as in radix_select_count. Rows of 512 candidates (32k
+// tokens) cost ~20 counting steps of 16 compares per lane instead of four shared-memory histogram passes.
+template <int Slots>
+__device__ inline std::int64_t keep_best_in_registers(const RowView& row, int take, bool write, std::int32_t* out,
+                                                      std::int64_t capacity) {
+  constexpr int kWarp = vendor::warp_size;
+  const int lane = vendor::lane_index();
+  std::uint32_t key[Slots];
+  std::uint32_t high = 0u, low = 0xffffffffu;
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) {
+    const int n = j * kWarp + lane;
+    key[j] = n < row.visible && !row.is_forced(n) ? radix_key(row.logits[n]) : 0u;
+    if (key[j] != 0u) {
+      high = key[j] > high ? key[j] : high;
+      low = key[j] < low ? key[j] : low;
+    }
+  }
+  high = vendor::warp_max_uint(high);
+  low = vendor::warp_min_uint(low);
+  // Every candidate key has the bits of `high` above the highest bit where high and low differ.
+  const std::uint32_t differ = high ^ low;
+  int bit = differ == 0u ? -1 : 31 - __clz(static_cast<int>(differ));
+  std::uint32_t threshold = bit < 0 ? high : high & ~((2u << bit) - 1u);  // 2u << 31 wraps to 0: no bits kept
+  int at_or_above = static_cast<int>(row.visible - row.forced_count);   // keys >= threshold (all candidates)
+  for (; bit >= 0; --bit) {
+    const std::uint32_t trial = threshold | (1u << bit);
+    int count = 0;
+#pragma unroll
+    for (int j = 0; j < Slots; ++j) count += key[j] >= trial ? 1 : 0;
+    count = vendor::warp_sum_int(count);
+    if (count >= take) {
+      threshold = trial;
+      at_or_above = count;
+      if (count == take) break;
+    }
+  }
+  // threshold > 0 here. Either exactly `take` keys reach it, or it is the take-th key itself, shared by
+  // several candidates: then the keys above it plus the first ties in index order.
+  const bool ties = at_or_above != take;
+  int ties_needed = 0;
+  if (ties) {
+    int above = 0;
+#pragma unroll
+    for (int j = 0; j < Slots; ++j) above += key[j] > threshold ? 1 : 0;
+    ties_needed = take - vendor::warp_sum_int(above);
+  }
+  const vendor::lane_mask_t below = lanes_below();
+  std::int64_t kept = 0;
+  int ties_seen = 0;
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) {
+    if (j * kWarp >= row.visible) break;  // uniform across the warp
+    const int n = j * kWarp + lane;
+    const bool forced = n < row.visible && row.is_forced(n);
+    const bool tie = ties && key[j] == threshold;
+    const vendor::lane_mask_t tie_lanes = vendor::ballot(tie);
+    const int tie_rank = ties_seen + lane_count(static_cast<vendor::lane_mask_t>(tie_lanes & below));
+    const bool taken =
+        forced || (ties ? key[j] > threshold || (tie && tie_rank < ties_needed) : key[j] >= threshold);
+    const vendor::lane_mask_t taken_lanes = vendor::ballot(taken);
+    const std::int64_t position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken_lanes & below));
+    if (write && taken && position < capacity) out[position] = static_cast<std::int32_t>(n);
+    kept += lane_count(taken_lanes);
+    ties_seen += lane_count(tie_lanes);
+  }
+  return kept;
+}
+
 // Forced blocks plus the best `take` unforced ones (0 <= take <= unforced).
 __device__ inline std::int64_t keep_best(const RowView& row, std::int64_t take, bool write, std::int32_t* out,
                                          std::int64_t capacity, unsigned int* histogram) {
   const std::int64_t unforced = row.visible - row.forced_count;
   if (take >= unforced) return compact_row(row, KeepAll{}, write, out, capacity);
   if (take <= 0) return compact_row(row, KeepNone{}, write, out, capacity);
+  constexpr int kWarp = vendor::warp_size;
+  const int wanted = static_cast<int>(take);
+  if (row.visible <= 4 * kWarp) return keep_best_in_registers<4>(row, wanted, write, out, capacity);
+  if (row.visible <= 8 * kWarp) return keep_best_in_registers<8>(row, wanted, write, out, capacity);
+  if (row.visible <= 16 * kWarp) return keep_best_in_registers<16>(row, wanted, write, out, capacity);
+  // Longer rows: radix passes over keys stored in place of the logits.
   const std::uint32_t* keys = logits_to_keys(row);
   return compact_row(row, KeepCut{radix_select_count(keys, row.visible, take, histogram)}, write, out, capacity);
 }
@@ -466,6 +545,7 @@ __device__ inline std::int64_t select_row(const Nucleus& policy, const RowView& 
 
 }  // namespace detail
 
+#if defined(__HIPCC__)
 namespace detail {
 
 // Adds a thread's 4 x 4 register tile of partial dots over the kLogitSlices lanes of its slice group
@@ -486,40 +566,39 @@ __device__ inline void reduce_logit_tile(const float (&dot)[16], int slice, floa
 }
 
 }  // namespace detail
+#endif
 
-// Grid: min(items, logit slices) CTAs of kGateThreads threads, each looping over work items. Dynamic
-// shared memory: the R query features, one key tile, the logits when they fit, and the warps' scratch
-// (selection_shared_bytes on the host side computes the same layout).
-//
-// Logits of a key tile: thread (tile, slice), slice = thread % kLogitSlices, accumulates a 4-row x 4-key
+// What the logit phase of one work item reads and writes. Logits of row r (< rows) and visible key n
+// go to logits[r * row_stride + n], scaled; nothing else is written there.
+struct ItemLogits {
+  GateFeatures features;
+  std::int64_t b = 0, h = 0, m0 = 0;
+  int rows = 0;                    // rows of the item (<= kSelectionMaxRows)
+  std::int64_t last_visible = 0;   // visible key blocks of the item's last row (the most of any row)
+  const int* row_visible = nullptr;  // visible key blocks of each row (shared memory)
+  float* logits = nullptr;
+  std::int64_t row_stride = 0;
+};
+
+namespace detail {
+
+#if defined(__HIPCC__)
+// AMD: fp32 FMA. Thread (tile, slice), slice = thread % kLogitSlices, accumulates a 4-row x 4-key
 // register tile over its share of the feature dimension (the 16-byte chunks slice, slice + 8, ...), then
 // the 8 slices of a tile sum their partial dots by shuffles (reduce_logit_tile). The 32 tiles cover 16
 // rows x 32 keys (key_tile 32) or 8 rows x 64 keys (key_tile 64, items of at most 8 rows). Per chunk a
 // thread reads 4 query and 4 key vectors for 64 multiply-adds; the 4 tiles of a 32-lane warp are 2 row
 // groups x 2 key groups, so each of those reads is 2 shared-memory wavefronts (256 distinct bytes).
-template <class Policy>
-__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
-    block_selection_kernel(const SelectionParams<Policy> params) {
-  extern __shared__ __align__(16) unsigned char selection_shared[];
-  constexpr int kWarps = kGateThreads / vendor::warp_size;
+// Shared tiles: the query rows [kSelectionMaxRows][dim], one key tile [key_tile][dim + 4].
+__device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, float* tiles) {
   constexpr int kLogitSlices = 8;
   static_assert(kGateThreads / kLogitSlices == 32, "32 register tiles of 4 x 4 logits per key tile");
-  const int dim = static_cast<int>(params.features.dim);
+  const GateFeatures& features = item.features;
+  const int dim = static_cast<int>(features.dim);
   const int key_stride =
       dim + 4;  // 16 bytes of padding: lanes reading 16-byte vectors of different keys hit different banks
-  const int rows_per_item = params.rows_per_item;
-  const int keys_per_tile = params.key_tile;
-  float* query_tile = reinterpret_cast<float*>(selection_shared);
+  float* query_tile = tiles;
   float* key_tile = query_tile + kSelectionMaxRows * dim;
-  unsigned char* warp_bytes = reinterpret_cast<unsigned char*>(key_tile + keys_per_tile * key_stride);
-  const int warp = vendor::warp_index();
-  detail::WarpScratch scratch;
-  scratch.histogram = reinterpret_cast<unsigned int*>(warp_bytes + warp * detail::kSelectionWarpScratchBytes<Policy>);
-  scratch.mass_histogram = reinterpret_cast<unsigned long long*>(scratch.histogram + kRadixBins);
-  float* logits = params.global_logits != nullptr
-                      ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
-                      : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
-
   const int thread = static_cast<int>(threadIdx.x);
   const int slice = thread % kLogitSlices;
   const int tile_index = thread / kLogitSlices;
@@ -539,7 +618,205 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
   const auto padded_at = [&](int i) {  // float offset of vector i in the key tile (+ 4 floats of padding per key)
     return 4 * (i + static_cast<int>((static_cast<float>(i) + 0.5f) * inverse_vectors));
   };
+  constexpr int kTileVectors = 8;    // 16-byte vectors of a key tile per thread: up to 8
+  constexpr int kStagedVectors = 4;  // of which the first 4 are prefetched during the previous tile
+  const std::int64_t last_visible = item.last_visible;
+  const std::int64_t key_head = features.key_head_of(item.h);
+  for (int i = thread; i < item.rows * dim; i += kGateThreads)
+    query_tile[i] = features.query[features.query_offset(item.b, item.h, item.m0 + i / dim) + i % dim];
+  for (int i = thread + item.rows * dim; i < kSelectionMaxRows * dim; i += kGateThreads) query_tile[i] = 0.0f;
+  const std::int64_t out_visible = out_row < item.rows ? item.row_visible[out_row] : 0;
+  float4 staged[kStagedVectors];
+  // Consecutive key features are contiguous: a tile is one run of keys_per_tile * dim floats.
+  const float* key_features = features.key + features.key_offset(item.b, key_head, 0);
+  auto load_tile = [&](std::int64_t key_first) {
+    const float* source = key_features + key_first * dim;
+    const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
+#pragma unroll
+    for (int j = 0; j < kStagedVectors; ++j) {
+      const int i = thread + j * kGateThreads;
+      staged[j] = i < tile_vectors && i < valid_vectors ? *reinterpret_cast<const float4*>(source + 4 * i)
+                                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+  load_tile(0);
+  const float* query_rows = query_tile + 4 * row_group * dim;
+  const float* key_rows = key_tile + 4 * key_group * key_stride;
+  for (std::int64_t key_first = 0; key_first < last_visible; key_first += keys_per_tile) {
+    __syncthreads();  // the key tile is free
+#pragma unroll
+    for (int j = 0; j < kStagedVectors; ++j) {
+      const int i = thread + j * kGateThreads;
+      if (i < tile_vectors) *reinterpret_cast<float4*>(key_tile + padded_at(i)) = staged[j];
+    }
+    const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
+    for (int j = kStagedVectors; j < kTileVectors; ++j) {
+      const int i = thread + j * kGateThreads;
+      if (i >= tile_vectors) break;
+      *reinterpret_cast<float4*>(key_tile + padded_at(i)) =
+          i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    __syncthreads();
+    if (key_first + keys_per_tile < last_visible) load_tile(key_first + keys_per_tile);
+    float dot[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) dot[j] = 0.0f;
+#pragma unroll 1
+    for (int c = 4 * slice; c < dim; c += 4 * kLogitSlices) {
+      float4 k[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) k[j] = *reinterpret_cast<const float4*>(key_rows + j * key_stride + c);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float4 a = *reinterpret_cast<const float4*>(query_rows + r * dim + c);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          dot[4 * r + j] = fmaf(a.w, k[j].w, fmaf(a.z, k[j].z, fmaf(a.y, k[j].y, fmaf(a.x, k[j].x, dot[4 * r + j]))));
+      }
+    }
+    float first = 0.0f, second = 0.0f;
+    reduce_logit_tile(dot, slice, first, second);
+    const std::int64_t n = key_first + out_key;
+    float* out = item.logits + static_cast<std::int64_t>(out_row) * item.row_stride;
+    if (n < out_visible) out[n] = first * features.scale;
+    if (n + 1 < out_visible) out[n + 1] = second * features.scale;
+  }
+}
+
+// Shared floats of item_logits' tiles.
+SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile) {
+  return kSelectionMaxRows * dim + keys_per_tile * (dim + 4);
+}
+#else
+// NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). Shared tiles:
+// the 16 query rows as two planes in fragment order (their big and small parts, split once: all 8 warps
+// read them), and 64 keys at padded_row_stride(dim), both with zeros past dim (and in query rows past the
+// item's), so that the reduction runs over whole 16-float chunks. Warp w computes the 16 x 8 block of keys 8w .. 8w + 7 of each
+// 64-key tile. Half of the next tile's keys are loaded into registers while the current one is multiplied.
+__device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, float* tiles) {
+  static_assert(kGateThreads / 32 * 8 == kSelectionTensorKeyTile, "8 warps x 8 keys per key tile");
+  static_cast<void>(keys_per_tile);  // always kSelectionTensorKeyTile here
+  constexpr int kKeys = kSelectionTensorKeyTile;
+  constexpr int kStagedVectors = 4;  // of the next key tile, in registers during the multiply (half a 64 x 128 tile)
+  const GateFeatures& features = item.features;
+  const int dim = static_cast<int>(features.dim);
+  const int depth = (dim + 15) / 16 * 16;
+  const int stride = padded_row_stride(dim);
+  float* query_big = tiles;
+  float* query_small = query_big + kSelectionMaxRows * stride;
+  float* key_tile = query_small + kSelectionMaxRows * stride;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int warp = thread / 32, lane = thread % 32;
+  const int vectors = dim / 4;  // 16-byte vectors per feature row (dim is a multiple of 8)
+  const int stride_vectors = stride / 4;  // of a key tile row
+  // Row of 16-byte vector i of a tile, i / vectors, without a division: i < 64 * 64 and vectors <= 64, so
+  // (i + 0.5) / vectors stays at least 1/128 away from an integer and fp32 rounding cannot cross one.
+  const float inverse_vectors = 1.0f / static_cast<float>(vectors);
+  const auto row_of = [&](int i) { return static_cast<int>((static_cast<float>(i) + 0.5f) * inverse_vectors); };
+  const auto tile_at = [&](int i) {  // float offset of vector i in a tile
+    const int row = row_of(i);
+    return 4 * (row * stride_vectors + (i - row * vectors));
+  };
+  const std::int64_t key_head = features.key_head_of(item.h);
+  // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows), and the
+  // zero columns [dim, depth) of the key tile (never written by the key loads).
+  const float* query = features.query + features.query_offset(item.b, item.h, item.m0);
+  const int depth_vectors = depth / 4;
+  for (int i = thread; i < kSelectionMaxRows * depth_vectors; i += kGateThreads) {
+    const int row = i / depth_vectors, v = i % depth_vectors;
+    const float4 value = row < item.rows && v < vectors ? *reinterpret_cast<const float4*>(query + row * dim + 4 * v)
+                                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    store_left_fragment(query_big, query_small, row, 4 * v, value.x);
+    store_left_fragment(query_big, query_small, row, 4 * v + 1, value.y);
+    store_left_fragment(query_big, query_small, row, 4 * v + 2, value.z);
+    store_left_fragment(query_big, query_small, row, 4 * v + 3, value.w);
+  }
+  if (depth != dim) {
+    for (int row = thread; row < kKeys; row += kGateThreads) {
+      *reinterpret_cast<float4*>(key_tile + row * stride + dim) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      *reinterpret_cast<float4*>(key_tile + row * stride + dim + 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+
+  const int tile_vectors = kKeys * vectors;
+  const float* key_features = features.key + features.key_offset(item.b, key_head, 0);
+  float4 staged[kStagedVectors];
+  auto load_tile = [&](std::int64_t key_first) {
+    const float* source = key_features + key_first * dim;
+    const std::int64_t valid_vectors = (item.last_visible - key_first) * vectors;
+#pragma unroll
+    for (int j = 0; j < kStagedVectors; ++j) {
+      const int i = thread + j * kGateThreads;
+      staged[j] = i < tile_vectors && i < valid_vectors ? *reinterpret_cast<const float4*>(source + 4 * i)
+                                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+  // This lane's accumulators after the multiply: rows g and g + 8, keys 8 * warp + 2t and + 1.
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t visible_upper = g < item.rows ? item.row_visible[g] : 0;
+  const std::int64_t visible_lower = g + 8 < item.rows ? item.row_visible[g + 8] : 0;
+  float* out_upper = item.logits + static_cast<std::int64_t>(g) * item.row_stride;
+  float* out_lower = item.logits + static_cast<std::int64_t>(g + 8) * item.row_stride;
+  load_tile(0);
+  for (std::int64_t key_first = 0; key_first < item.last_visible; key_first += kKeys) {
+    __syncthreads();  // the key tile is free
+#pragma unroll
+    for (int j = 0; j < kStagedVectors; ++j) {
+      const int i = thread + j * kGateThreads;
+      if (i < tile_vectors) *reinterpret_cast<float4*>(key_tile + tile_at(i)) = staged[j];
+    }
+    // The rest of the tile is loaded as it is stored.
+    const std::int64_t valid_vectors = (item.last_visible - key_first) * vectors;
+    for (int i = thread + kStagedVectors * kGateThreads; i < tile_vectors; i += kGateThreads)
+      *reinterpret_cast<float4*>(key_tile + tile_at(i)) =
+          i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    __syncthreads();
+    if (key_first + kKeys < item.last_visible) load_tile(key_first + kKeys);
+    DotAccumulators<1, 6> dots;  // one 16 x 8 tile per warp: six chains keep the tensor cores busy
+    accumulate_dots(dots, LeftFragments{query_big, query_small}, Fp32Rows{key_tile + 8 * warp * stride, stride},
+                    depth);
+    const std::int64_t n = key_first + 8 * warp + 2 * t;
+    if (n < visible_upper) out_upper[n] = dots.total(0, 0) * features.scale;
+    if (n + 1 < visible_upper) out_upper[n + 1] = dots.total(0, 1) * features.scale;
+    if (n < visible_lower) out_lower[n] = dots.total(0, 2) * features.scale;
+    if (n + 1 < visible_lower) out_lower[n + 1] = dots.total(0, 3) * features.scale;
+  }
+}
+
+// Shared floats of item_logits' tiles.
+SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile) {
+  return (2 * kSelectionMaxRows + keys_per_tile) * padded_row_stride(static_cast<int>(dim));
+}
+#endif
+
+}  // namespace detail
+
+// Grid: min(items, logit slices) CTAs of kGateThreads threads, each looping over work items. Dynamic
+// shared memory: the query and key tiles of detail::item_logits, the warps' radix scratch, and the
+// logits when they fit (selection_shared_bytes on the host side computes the same layout).
+template <class Policy>
+__global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
+    block_selection_kernel(const SelectionParams<Policy> params) {
+  extern __shared__ __align__(16) unsigned char selection_shared[];
+  constexpr int kWarps = kGateThreads / vendor::warp_size;
+  const int dim = static_cast<int>(params.features.dim);
+  const int rows_per_item = params.rows_per_item;
+  float* tiles = reinterpret_cast<float*>(selection_shared);
+  unsigned char* warp_bytes =
+      reinterpret_cast<unsigned char*>(tiles + detail::selection_tile_floats(dim, params.key_tile));
+  const int warp = vendor::warp_index();
+  detail::WarpScratch scratch;
+  scratch.histogram = reinterpret_cast<unsigned int*>(warp_bytes + warp * detail::kSelectionWarpScratchBytes<Policy>);
+  scratch.mass_histogram = reinterpret_cast<unsigned long long*>(scratch.histogram + kRadixBins);
+  float* logits = params.global_logits != nullptr
+                      ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
+                      : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
   const std::int64_t heads = params.features.heads;
+  // Visible key blocks of each row of the current item, computed once per item (BlockGeometry divides by
+  // the block size: once per row here, not once per warp and use).
+  __shared__ int row_visible[kSelectionMaxRows];
 
   for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
     // Last query tiles first: under a causal mask they see the most keys, so the long items start in the
@@ -555,74 +832,24 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     const int rows = static_cast<int>(query_blocks - m0 < rows_per_item ? query_blocks - m0 : rows_per_item);
     const std::int64_t first_row = heads * params.output.query_block_offsets[b] + h * query_blocks + m0;
 
+    __syncthreads();  // the previous item's logits, tiles and row facts are consumed
+    if (threadIdx.x < rows) row_visible[threadIdx.x] = static_cast<int>(g.visible_key_blocks(m0 + threadIdx.x));
+    __syncthreads();
     // Logits are needed unless every row of the tile is dense or sees nothing.
-    const std::int64_t last_visible = g.visible_key_blocks(m0 + rows - 1);
+    const std::int64_t last_visible = row_visible[rows - 1];
     const bool needs_logits = last_visible > 0 && !params.forced.row_is_dense(g, m0);
     if (needs_logits) {
-      const std::int64_t key_head = params.features.key_head_of(h);
-      __syncthreads();  // the previous item's logits and tiles are consumed
-      for (int i = thread; i < rows * dim; i += kGateThreads)
-        query_tile[i] = params.features.query[params.features.query_offset(b, h, m0 + i / dim) + i % dim];
-      for (int i = thread + rows * dim; i < kSelectionMaxRows * dim; i += kGateThreads) query_tile[i] = 0.0f;
-      const std::int64_t out_visible = out_row < rows ? g.visible_key_blocks(m0 + out_row) : 0;
-      // The next key tile is loaded into registers while the current one is multiplied.
-      float4 staged[kSelectionStagedVectors];
-      // Consecutive key features are contiguous: a tile is one run of keys_per_tile * dim floats.
-      const float* key_features = params.features.key + params.features.key_offset(b, key_head, 0);
-      auto load_tile = [&](std::int64_t key_first) {
-        const float* source = key_features + key_first * dim;
-        const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
-#pragma unroll
-        for (int j = 0; j < kSelectionStagedVectors; ++j) {
-          const int i = thread + j * kGateThreads;
-          staged[j] = i < tile_vectors && i < valid_vectors ? *reinterpret_cast<const float4*>(source + 4 * i)
-                                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-      };
-      load_tile(0);
-      const float* query_rows = query_tile + 4 * row_group * dim;
-      const float* key_rows = key_tile + 4 * key_group * key_stride;
-      for (std::int64_t key_first = 0; key_first < last_visible; key_first += keys_per_tile) {
-        __syncthreads();  // the key tile is free
-#pragma unroll
-        for (int j = 0; j < kSelectionStagedVectors; ++j) {
-          const int i = thread + j * kGateThreads;
-          if (i < tile_vectors) *reinterpret_cast<float4*>(key_tile + padded_at(i)) = staged[j];
-        }
-        const std::int64_t valid_vectors = (last_visible - key_first) * vectors;
-        for (int j = kSelectionStagedVectors; j < kSelectionTileVectors; ++j) {
-          const int i = thread + j * kGateThreads;
-          if (i >= tile_vectors) break;
-          *reinterpret_cast<float4*>(key_tile + padded_at(i)) =
-              i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
-                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-        __syncthreads();
-        if (key_first + keys_per_tile < last_visible) load_tile(key_first + keys_per_tile);
-        float dot[16];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) dot[j] = 0.0f;
-#pragma unroll 1
-        for (int c = 4 * slice; c < dim; c += 4 * kLogitSlices) {
-          float4 k[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) k[j] = *reinterpret_cast<const float4*>(key_rows + j * key_stride + c);
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const float4 a = *reinterpret_cast<const float4*>(query_rows + r * dim + c);
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-              dot[4 * r + j] =
-                  fmaf(a.w, k[j].w, fmaf(a.z, k[j].z, fmaf(a.y, k[j].y, fmaf(a.x, k[j].x, dot[4 * r + j]))));
-          }
-        }
-        float first = 0.0f, second = 0.0f;
-        detail::reduce_logit_tile(dot, slice, first, second);
-        const std::int64_t n = key_first + out_key;
-        float* out = logits + static_cast<std::int64_t>(out_row) * params.row_stride;
-        if (n < out_visible) out[n] = first * params.features.scale;
-        if (n + 1 < out_visible) out[n + 1] = second * params.features.scale;
-      }
+      ItemLogits work;
+      work.features = params.features;
+      work.b = b;
+      work.h = h;
+      work.m0 = m0;
+      work.rows = rows;
+      work.last_visible = last_visible;
+      work.row_visible = row_visible;
+      work.logits = logits;
+      work.row_stride = params.row_stride;
+      detail::item_logits(work, params.key_tile, tiles);
       __syncthreads();  // logits complete (global slices too: the barrier orders the CTA's own writes)
     }
 
@@ -631,7 +858,7 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
       const std::int64_t row = first_row + r;
       detail::RowView view;
       view.logits = logits + r * params.row_stride;
-      view.visible = static_cast<int>(g.visible_key_blocks(m));
+      view.visible = row_visible[r];
       view.geometry = g;
       view.m = m;
       view.set_forced(params.forced);
@@ -714,6 +941,7 @@ __global__ void __launch_bounds__(Threads)
     __syncthreads();
   }
 }
+
 
 // Tile totals of the row sizes in row_offsets[1 .. rows] (rows = heads * query_block_offsets[batch]).
 template <int Threads>

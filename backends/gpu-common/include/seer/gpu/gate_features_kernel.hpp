@@ -25,6 +25,7 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/platform.hpp"
 #include "seer/core/sequence_batch.hpp"
+#include "seer/gpu/fp32_tensor_dot.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::gpu {
@@ -99,6 +100,20 @@ struct DeviceRope {
   double attention_factor = 1.0;
 };
 
+// The RoPE coefficients (detail::rope_coefficients) of every (side, sequence, block, pair), computed once per
+// call by rope_table_kernel for all heads: the projections' epilogues then rotate with two multiply-adds
+// per pair instead of a range reduction and a sine and cosine per head and element.
+struct RopeTable {
+  float2* entries = nullptr;  // [2 (keys, queries)][batch][max_blocks][half]
+  std::int64_t batch = 0;
+  std::int64_t max_blocks = 0;  // the longer of the query and key block counts
+  std::int64_t half = 0;
+  SEER_HOST_DEVICE std::int64_t entry_count() const { return 2 * batch * max_blocks * half; }
+  SEER_HOST_DEVICE const float2* row(bool is_query, std::int64_t b, std::int64_t block) const {
+    return entries + (((is_query ? batch : 0) + b) * max_blocks + block) * half;
+  }
+};
+
 namespace detail {
 
 // Element type -> float on the device. bfloat16 is the upper half of a float; half goes through the
@@ -123,22 +138,30 @@ struct DeviceElement<half> {
   }
 };
 
-// Rotates the pair (first, second) = (x_i, x_{i + dim/2}) of a block feature to `position`, in double.
-__device__ inline void rotate_pair(const DeviceRope& rope, std::int64_t position, std::int64_t i, float& first,
-                                   float& second) {
+// RoPE coefficients of pair i at `position`: (cos, sin) of the angle times the attention factor. The angle
+// is reduced to [-pi, pi] in double (error ~1e-10 rad at 1M tokens), then sine and cosine are taken in fp32:
+// ~1e-7 relative, far below the fp32 features' own rounding, and without the double-precision sincos.
+__device__ inline float2 rope_coefficients(const DeviceRope& rope, std::int64_t position, std::int64_t i) {
   double angle = static_cast<double>(position) * rope.inverse_frequencies[i];
-  // Reduced to [-pi, pi] in double (error ~1e-10 rad at 1M tokens), then sine and cosine in fp32: ~1e-7
-  // relative, far below the fp32 features' own rounding, and without the double-precision sincos.
   constexpr double kTwoPi = 6.283185307179586;
   angle = fma(-kTwoPi, rint(angle * (1.0 / kTwoPi)), angle);
   float sine = 0.0f, cosine = 0.0f;
   sincosf(static_cast<float>(angle), &sine, &cosine);
   const float factor = static_cast<float>(rope.attention_factor);
-  cosine *= factor;
-  sine *= factor;
+  return make_float2(cosine * factor, sine * factor);
+}
+
+// Rotates the pair (first, second) = (x_i, x_{i + dim/2}) of a block feature by (cos, sin) coefficients.
+__device__ inline void rotate_pair(float2 coefficients, float& first, float& second) {
   const float x = first, y = second;
-  first = fmaf(x, cosine, -y * sine);
-  second = fmaf(y, cosine, x * sine);
+  first = fmaf(x, coefficients.x, -y * coefficients.y);
+  second = fmaf(y, coefficients.x, x * coefficients.y);
+}
+
+// Rotates the pair to `position`.
+__device__ inline void rotate_pair(const DeviceRope& rope, std::int64_t position, std::int64_t i, float& first,
+                                   float& second) {
+  rotate_pair(rope_coefficients(rope, position, i), first, second);
 }
 
 // Position of the first token of block `block` of sequence b: keys at block * B, queries at
@@ -276,14 +299,72 @@ struct ProjectParams {
   std::int64_t input_heads = 0;
   std::int64_t input_width = 0;
   const float* weights = nullptr;  // [output_heads, input_width, dim]; null: identity (input_width == dim)
+  // The same weights as [output_heads, dim, input_width], split for the tensor cores (split_tf32): big and
+  // small parts. Null where the FMA kernel runs.
+  const float* weights_transposed_big = nullptr;
+  const float* weights_transposed_small = nullptr;
   float* output = nullptr;         // [batch, output_heads, max_blocks, dim]
   std::int64_t output_heads = 0;
   std::int64_t dim = 0;
   std::int64_t max_blocks = 0;
   GateSequences sequences;
   bool is_query = false;
-  DeviceRope rope;
+  RopeTable rope_table;  // filled by rope_table_kernel earlier in the stream
 };
+
+// Grid (ceil(max_blocks * half / Threads), batch, 2 sides: keys, queries): RopeTable entries.
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
+    rope_table_kernel(const GateSequences sequences, const DeviceRope rope, const RopeTable table) {
+  const std::int64_t entry = static_cast<std::int64_t>(blockIdx.x) * Threads + threadIdx.x;
+  if (entry >= table.max_blocks * table.half) return;
+  const std::int64_t b = blockIdx.y, block = entry / table.half, i = entry % table.half;
+  const bool is_query = blockIdx.z == 1;
+  table.entries[((is_query ? table.batch : 0) + b) * table.max_blocks * table.half + entry] =
+      detail::rope_coefficients(rope, detail::block_position(sequences, b, block, is_query), i);
+}
+
+namespace detail {
+
+// The projection kernels' epilogue: RoPE on the projected rows [rows][dim] (shared memory) of output head o,
+// written to the output. Thread (row offset, pair) rotates pair `pair` of rows offset, offset + rows_per_pass,
+// ... (one division per thread, not per element), 8 rows at a time with all their loads issued first: the
+// coefficient loads come from L2, and one at a time they left the loop waiting on each.
+__device__ inline void write_rotated_rows(const ProjectParams& params, const float* projected, int rows,
+                                          std::int64_t first_block, std::int64_t b, std::int64_t o, int threads) {
+  constexpr int kGroup = 8;
+  const int dim = static_cast<int>(params.dim);
+  const int half = dim / 2;
+  const int rows_per_pass = threads / half;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int pair = thread % half, row_offset = thread / half;
+  float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + first_block) * params.dim;
+  if (row_offset >= rows_per_pass) return;
+  for (int first_row = row_offset; first_row < rows; first_row += kGroup * rows_per_pass) {
+    float2 coefficients[kGroup];
+    float first_value[kGroup], second_value[kGroup];
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int row = first_row + u * rows_per_pass;
+      if (row < rows) {
+        coefficients[u] = params.rope_table.row(params.is_query, b, first_block + row)[pair];
+        first_value[u] = projected[row * dim + pair];
+        second_value[u] = projected[row * dim + pair + half];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int row = first_row + u * rows_per_pass;
+      if (row < rows) {
+        rotate_pair(coefficients[u], first_value[u], second_value[u]);
+        output[row * params.dim + pair] = first_value[u];
+        output[row * params.dim + pair + half] = second_value[u];
+      }
+    }
+  }
+}
+
+}  // namespace detail
 
 // Grid (ceil(max_blocks / 32), output_heads, batch), MaxFeatureDim threads (projection_threads). Output
 // head o reads input head o / (output_heads / input_heads) (the single-linear layout projects a KV head's
@@ -332,9 +413,20 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
 
   float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply (kWeightTileRows >= kProjectionRows)
   if (weights == nullptr) {
-    // Identity (a gate without q projection fed pre-pooled features): only RoPE remains.
-    for (int row = 0; row < rows; ++row)
-      for (int d = thread; d < dim; d += kThreads) projected[row * dim + d] = input[row * params.input_width + d];
+    // Identity (a gate without q projection fed pre-pooled features): only RoPE remains. The copy is
+    // latency-bound: each thread issues all its 16-byte loads (up to 8: 32 rows x 256 floats over 256
+    // threads) before the first store.
+    constexpr int kLoads = kProjectionRows * MaxFeatureDim / 4 / kThreads;
+    const int vectors = dim / 4;
+    float4 staged[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int i = thread + j * kThreads, row = i / vectors;
+      staged[j] = row < rows ? *reinterpret_cast<const float4*>(input + row * params.input_width + 4 * (i % vectors))
+                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) *reinterpret_cast<float4*>(projected + 4 * (thread + j * kThreads)) = staged[j];
     __syncthreads();
   } else {
     float accumulator[8][4];
@@ -420,21 +512,129 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
     __syncthreads();
   }
 
-  // RoPE: thread (row offset, pair) rotates pair `pair` of rows offset, offset + rows_per_pass, ... (one
-  // division per thread, not per element).
-  const int half = dim / 2;
-  const int rows_per_pass = kThreads / half;
-  const int pair = thread % half, row_offset = thread / half;
-  float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + first_block) * params.dim;
-  if (row_offset < rows_per_pass) {
-    for (int row = row_offset; row < rows; row += rows_per_pass) {
-      float first_value = projected[row * dim + pair], second_value = projected[row * dim + pair + half];
-      detail::rotate_pair(params.rope, detail::block_position(params.sequences, b, first_block + row, params.is_query),
-                          pair, first_value, second_value);
-      output[row * params.dim + pair] = first_value;
-      output[row * params.dim + pair + half] = second_value;
+  detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
+}
+
+#if !defined(__HIPCC__)
+inline constexpr int kTensorProjectionRows = 64;      // blocks per CTA of project_features_tensor_kernel
+inline constexpr int kTensorProjectionColumns = 128;  // the largest output width it takes
+
+// NVIDIA, feature widths up to 128: the same product as project_features_kernel on tensor cores in split
+// TF32 (near-fp32 accuracy, seer/gpu/fp32_tensor_dot.hpp), from the transposed weights (one row per output
+// column, so that both operands are row-major over the input features), split on the host. Grid
+// (ceil(max_blocks / 64), output_heads, batch), 256 threads: warp w computes rows 16 (w % 4) .. + 15 and
+// columns 64 (w / 4) .. + 63 (8 tiles of 8). Chunks of 16 input features arrive by asynchronous copies,
+// three stages deep in dynamic shared memory (tensor_projection_shared_bytes; one barrier per chunk); the
+// projected rows then go through the stage buffers for RoPE.
+// (A template, like the other kernels of these headers, so that several translation units may include it.)
+inline constexpr int kTensorProjectionDepth = 16;
+inline constexpr int kTensorProjectionStages = 3;
+SEER_HOST_DEVICE constexpr int tensor_projection_stage_floats() {
+  return (kTensorProjectionRows + 2 * kTensorProjectionColumns) * padded_row_stride(kTensorProjectionDepth);
+}
+constexpr int tensor_projection_shared_bytes() {
+  return kTensorProjectionStages * tensor_projection_stage_floats() * static_cast<int>(sizeof(float));
+}
+
+template <int Columns>
+__global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const ProjectParams params) {
+  static_assert(Columns == kTensorProjectionColumns, "warps cover 2 x 64 columns");
+  constexpr int kThreads = 256;
+  constexpr int kRows = kTensorProjectionRows;
+  constexpr int kDepth = kTensorProjectionDepth;
+  constexpr int kStride = padded_row_stride(kDepth);  // 16 floats: = 16 mod 32, conflict-free fragment loads
+  constexpr int kStages = kTensorProjectionStages;
+  constexpr int kStageFloats = tensor_projection_stage_floats();
+  static_assert(kStages * kStageFloats >= kRows * Columns, "the projected rows fit in the stage buffers");
+  extern __shared__ __align__(16) float stages[];
+
+  const std::int64_t first_block = static_cast<std::int64_t>(blockIdx.x) * kRows;
+  const std::int64_t o = blockIdx.y, b = blockIdx.z;
+  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
+  const std::int64_t blocks = BlockGeometry::ceil_div(length, params.sequences.block_size);
+  if (first_block >= blocks) return;
+  const int rows = static_cast<int>(blocks - first_block < kRows ? blocks - first_block : kRows);
+  const int dim = static_cast<int>(params.dim);
+  const int width = static_cast<int>(params.input_width);
+  const int thread = static_cast<int>(threadIdx.x);
+  const int warp = thread / 32, lane = thread % 32;
+  const std::int64_t input_head = o / (params.output_heads / params.input_heads);
+  const float* input =
+      params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
+  const float* weights_big = params.weights_transposed_big + o * params.dim * params.input_width;
+  const float* weights_small = params.weights_transposed_small + o * params.dim * params.input_width;
+
+  // Stage s: input rows [kRows][kStride], then the weights' big and small rows [Columns][kStride] each. Thread
+  // i copies 16-byte vector i % 4 (features 4 (i % 4) .. + 3 of the chunk) of tile rows i / 4 + 64 j: its
+  // sources and their validity are fixed, only the chunk's offset moves. Rows and features past the ends are
+  // zero-filled (the input width is a multiple of 8, so a vector is wholly inside or wholly past it).
+  constexpr int kCopies = (kRows + 2 * Columns) / (kThreads / 4);
+  static_assert(kCopies * (kThreads / 4) == kRows + 2 * Columns && kRows == kThreads / 4, "row 64 j: input, weights");
+  const int k = 4 * (thread % 4), first_row = thread / 4;
+  const float* sources[kCopies];
+  bool source_valid[kCopies];
+#pragma unroll
+  for (int j = 0; j < kCopies; ++j) {
+    const int row = first_row + j * (kThreads / 4);
+    if (row < kRows) {
+      sources[j] = input + row * params.input_width + k;
+      source_valid[j] = row < rows;
+    } else {
+      const int column = (row - kRows) % Columns;
+      sources[j] = (row < kRows + Columns ? weights_big : weights_small) + column * params.input_width + k;
+      source_valid[j] = column < dim;
     }
   }
+  auto load_chunk = [&](int chunk) {
+    float* tile = stages + (chunk % kStages) * kStageFloats + first_row * kStride + k;
+    const int depth = chunk * kDepth;
+    const bool inside = depth + k < width;
+#pragma unroll
+    for (int j = 0; j < kCopies; ++j) {
+      const bool valid = inside && source_valid[j];
+      vendor::copy_async_16_bytes(tile + j * (kThreads / 4) * kStride, valid ? sources[j] + depth : input, valid);
+    }
+    vendor::commit_async_copies();
+  };
+
+  const int row_group = warp % 4, column_half = warp / 4;
+  DotAccumulators<8, 1> dots;  // 8 tiles per warp: independent enough in one chain each
+  const int chunks = (width + kDepth - 1) / kDepth;
+  load_chunk(0);
+  if (chunks > 1) load_chunk(1);
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    if (chunk + 1 < chunks) {
+      vendor::wait_async_copies<1>();
+    } else {
+      vendor::wait_async_copies<0>();
+    }
+    // Chunk `chunk` has landed for every thread, and every thread is done with chunk - 1, whose stage the
+    // next copy reuses.
+    __syncthreads();
+    if (chunk + 2 < chunks) load_chunk(chunk + 2);
+    const float* tile = stages + (chunk % kStages) * kStageFloats;
+    const float* big = tile + (kRows + 64 * column_half) * kStride;
+    accumulate_dots(dots, LeftRows<Fp32Rows>{Fp32Rows{tile + 16 * row_group * kStride, kStride}},
+                    SplitRows{big, big + Columns * kStride, kStride}, kDepth);
+  }
+
+  __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows [kRows][dim]
+  float* projected = stages;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int column = 64 * column_half + 8 * j + 2 * t;
+    if (column < dim) {
+      float* upper = projected + (16 * row_group + g) * dim + column;
+      upper[0] = dots.total(j, 0);
+      upper[1] = dots.total(j, 1);
+      upper[8 * dim] = dots.total(j, 2);
+      upper[8 * dim + 1] = dots.total(j, 3);
+    }
+  }
+  __syncthreads();
+  detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
 }
+#endif
 
 }  // namespace seer::gpu

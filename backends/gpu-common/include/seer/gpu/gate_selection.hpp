@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -83,7 +84,11 @@ class DeviceLearnedGate {
     for (BlockPooling pooling : gate.gate_type().key_pools) key_pools_.push_back(static_cast<int>(pooling));
     try {
       key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
-      if (has_q_projection_) query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
+      upload_split_transposed(gate.k_projection(), key_input_width(), key_projection_split_);
+      if (has_q_projection_) {
+        query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
+        upload_split_transposed(gate.q_projection(), query_input_width(), query_projection_split_);
+      }
       inverse_frequencies_ = upload_to_device(gate.rotary_embedding().inverse_frequencies(), "DeviceLearnedGate");
     } catch (...) {
       release();
@@ -107,12 +112,18 @@ class DeviceLearnedGate {
   std::int64_t key_input_width() const { return static_cast<std::int64_t>(key_pools_.size()) * head_dim_; }
   const float* key_projection() const { return key_projection_; }
   const float* query_projection() const { return query_projection_; }
+  // The same weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows),
+  // split into big and small parts (seer/gpu/fp32_tensor_dot.hpp): [0] big, [1] small.
+  const float* const* key_projection_split() const { return key_projection_split_; }
+  const float* const* query_projection_split() const { return query_projection_split_; }
   DeviceRope rope() const { return DeviceRope{inverse_frequencies_, hidden_size_ / 2, attention_factor_}; }
 
  private:
   void release() noexcept {
     vendor::device_release(key_projection_);
     vendor::device_release(query_projection_);
+    for (float*& plane : key_projection_split_) vendor::device_release(std::exchange(plane, nullptr));
+    for (float*& plane : query_projection_split_) vendor::device_release(std::exchange(plane, nullptr));
     vendor::device_release(inverse_frequencies_);
     key_projection_ = query_projection_ = nullptr;
     inverse_frequencies_ = nullptr;
@@ -122,8 +133,33 @@ class DeviceLearnedGate {
   bool has_q_projection_;
   double attention_factor_;
   std::vector<int> query_pools_, key_pools_;
+  // Weights [heads, rows, hidden] uploaded as [heads, hidden, rows], split into the big part (the top 19
+  // bits) and the exact remainder, as split_tf32 splits on the device.
+  void upload_split_transposed(const std::vector<float>& weights, std::int64_t rows, float* (&planes)[2]) const {
+    const std::int64_t columns = hidden_size_;
+    std::vector<float> big(weights.size()), small(weights.size());
+    const std::int64_t heads = static_cast<std::int64_t>(weights.size()) / (rows * columns);
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = 0; c < columns; ++c) {
+          const float value = weights[static_cast<std::size_t>((h * rows + r) * columns + c)];
+          std::uint32_t bits = 0;
+          std::memcpy(&bits, &value, sizeof bits);
+          bits &= 0xffffe000u;
+          float high = 0.0f;
+          std::memcpy(&high, &bits, sizeof high);
+          const std::size_t at = static_cast<std::size_t>((h * columns + c) * rows + r);
+          big[at] = high;
+          small[at] = value - high;
+        }
+    planes[0] = upload_to_device(big, "DeviceLearnedGate");
+    planes[1] = upload_to_device(small, "DeviceLearnedGate");
+  }
+
   float* key_projection_ = nullptr;
   float* query_projection_ = nullptr;
+  float* key_projection_split_[2] = {nullptr, nullptr};
+  float* query_projection_split_[2] = {nullptr, nullptr};
   double* inverse_frequencies_ = nullptr;
 };
 
@@ -187,13 +223,19 @@ class GateSelectionPlan {
     rows_per_item_ = std::min<std::int64_t>(kSelectionMaxRows, limits.logit_shared_bytes / row_bytes);
     logits_in_shared_ = rows_per_item_ >= 4;
     if (!logits_in_shared_) rows_per_item_ = kSelectionMaxRows;
-    key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;
+#if defined(__HIPCC__)
+    key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
+#else
+    key_tile_ = kSelectionTensorKeyTile;  // the tensor-core tiles: 16 rows x 64 keys
+#endif
     require(limits.warp_size == 32 || limits.warp_size == 64, "limits.warp_size", "is ", limits.warp_size,
             ", expected 32 or 64");
     warps_ = kGateThreads / limits.warp_size;
     // Stay inside the device's shared memory per CTA (64 KiB on AMD GPUs): a narrower key tile first,
     // then fewer rows of shared logits, then the workspace slices.
+#if defined(__HIPCC__)
     if (selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) key_tile_ = 32;
+#endif
     while (logits_in_shared_ && selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) {
       if (--rows_per_item_ < 4) {
         logits_in_shared_ = false;
@@ -221,6 +263,7 @@ class GateSelectionPlan {
     key_features_at_ = reserve(batch_ * key_heads_ * max_key_blocks_ * dim_ * f);
     tile_totals_at_ =
         reserve((row_bound() + kScanTile - 1) / kScanTile * static_cast<std::int64_t>(sizeof(std::int64_t)));
+    rope_table_at_ = reserve(rope_table(GateWorkspace{}).entry_count() * 8);
     global_logits_at_ = reserve(logits_in_shared_ ? 0 : grid_ * rows_per_item_ * row_stride_ * f);
   }
 
@@ -254,6 +297,14 @@ class GateSelectionPlan {
     return result;
   }
   float* pooled_query(const GateWorkspace& workspace) const { return at<float>(workspace, pooled_query_at_); }
+  RopeTable rope_table(const GateWorkspace& workspace) const {
+    RopeTable table;
+    table.entries = workspace.data != nullptr ? at<float2>(workspace, rope_table_at_) : nullptr;
+    table.batch = batch_;
+    table.max_blocks = std::max(max_query_blocks_, max_key_blocks_);
+    table.half = dim_ / 2;
+    return table;
+  }
   float* pooled_key(const GateWorkspace& workspace) const { return at<float>(workspace, pooled_key_at_); }
   std::int64_t* tile_totals(const GateWorkspace& workspace) const {
     return at<std::int64_t>(workspace, tile_totals_at_);
@@ -283,7 +334,7 @@ class GateSelectionPlan {
   // Dynamic shared memory of a selection CTA (block_selection_kernel's layout): the query rows, one key
   // tile, each warp's radix scratch, and the logits when they are kept in shared memory.
   std::int64_t selection_shared_bytes_for(std::int64_t warp_scratch_bytes) const {
-    const std::int64_t tiles = (kSelectionMaxRows * dim_ + key_tile_ * (dim_ + 4)) * 4;
+    const std::int64_t tiles = detail::selection_tile_floats(dim_, key_tile_) * 4;
     const std::int64_t logits = logits_in_shared_ ? rows_per_item_ * row_stride_ * 4 : 0;
     return tiles + warps_ * warp_scratch_bytes + logits;
   }
@@ -303,7 +354,7 @@ class GateSelectionPlan {
   std::int64_t warps_ = kGateThreads / 32;
   std::int64_t workspace_bytes_ = 0;
   std::int64_t pooled_query_at_ = 0, pooled_key_at_ = 0, query_features_at_ = 0, key_features_at_ = 0,
-               tile_totals_at_ = 0, global_logits_at_ = 0;
+               tile_totals_at_ = 0, global_logits_at_ = 0, rope_table_at_ = 0;
 };
 
 // Kept blocks a selection can write for these (host-known) sequences: exact for TopK, the worst case
@@ -414,6 +465,18 @@ inline void validate_sequences(const GateSelectionPlan& plan, const GateSequence
 // One projection launch: tiles sized for 128 columns when the features fit, else for 256.
 inline void launch_projection(const ProjectParams& params, std::int64_t batch, const char* what,
                               vendor::stream_t stream) {
+#if !defined(__HIPCC__)
+  // NVIDIA: tensor cores (split TF32) for projections up to 128 wide.
+  if (params.weights_transposed_big != nullptr && params.dim <= kTensorProjectionColumns) {
+    const dim3 grid =
+        grid_of((params.max_blocks + kTensorProjectionRows - 1) / kTensorProjectionRows, params.output_heads, batch);
+    auto* kernel = &project_features_tensor_kernel<kTensorProjectionColumns>;
+    vendor::set_max_dynamic_shared_bytes(kernel, tensor_projection_shared_bytes());
+    kernel<<<grid, 256, tensor_projection_shared_bytes(), stream>>>(params);
+    vendor::check_last_launch(what);
+    return;
+  }
+#endif
   const dim3 grid = grid_of((params.max_blocks + kProjectionRows - 1) / kProjectionRows, params.output_heads, batch);
   if (params.dim <= 128) {
     project_features_kernel<128><<<grid, 128, 0, stream>>>(params);
@@ -426,20 +489,31 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
 // Projection (+ RoPE) of pooled features into the plan's feature buffers.
 inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectionPlan& plan,
                                const GateSequences& sequences, const float* pooled_query, const float* pooled_key,
-                               const GateFeatures& features, bool rotate_query, vendor::stream_t stream) {
+                               const GateFeatures& features, bool rotate_query, const GateWorkspace& workspace,
+                               vendor::stream_t stream) {
   if (plan.batch() == 0) return;
+  const RopeTable table = plan.rope_table(workspace);
+  if (table.max_blocks > 0) {
+    constexpr int kThreads = 256;
+    rope_table_kernel<kThreads>
+        <<<grid_of((table.max_blocks * table.half + kThreads - 1) / kThreads, table.batch, 2), kThreads, 0, stream>>>(
+            sequences, gate.rope(), table);
+    vendor::check_last_launch("rope_table_kernel launch");
+  }
   ProjectParams key;
   key.input = pooled_key;
   key.input_heads = gate.num_kv_heads();
   key.input_width = gate.key_input_width();
   key.weights = gate.key_projection();
+  key.weights_transposed_big = gate.key_projection_split()[0];
+  key.weights_transposed_small = gate.key_projection_split()[1];
   key.output = features.key;
   key.output_heads = gate.key_heads();
   key.dim = gate.hidden_size();
   key.max_blocks = plan.max_key_blocks();
   key.sequences = sequences;
   key.is_query = false;
-  key.rope = gate.rope();
+  key.rope_table = table;
   if (plan.max_key_blocks() > 0) {
     launch_projection(key, plan.batch(), "project_features_kernel launch (keys)", stream);
   }
@@ -450,6 +524,8 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
     query.input_heads = gate.num_q_heads();
     query.input_width = gate.query_input_width();
     query.weights = gate.has_q_projection() ? gate.query_projection() : nullptr;
+    query.weights_transposed_big = gate.has_q_projection() ? gate.query_projection_split()[0] : nullptr;
+    query.weights_transposed_small = gate.has_q_projection() ? gate.query_projection_split()[1] : nullptr;
     query.output = features.query;
     query.output_heads = gate.num_q_heads();
     query.max_blocks = plan.max_query_blocks();
@@ -541,7 +617,7 @@ GateFeatures gate_features(const DeviceLearnedGate& gate, const GateSelectionPla
   detail::launch_pooling(gate, k, sequences, false, gate.key_pools(), plan.pooled_key(workspace), plan.max_key_blocks(),
                          false, stream);
   detail::launch_projections(gate, plan, sequences, plan.pooled_query(workspace), plan.pooled_key(workspace), features,
-                             false, stream);
+                             false, workspace, stream);
   return features;
 }
 
@@ -557,7 +633,7 @@ inline GateFeatures gate_features_from_pooled(const DeviceLearnedGate& gate, con
   detail::validate_sequences(plan, sequences);
   plan.validate_workspace(workspace);
   const GateFeatures features = plan.features(workspace);
-  detail::launch_projections(gate, plan, sequences, pooled.query, pooled.key, features, true, stream);
+  detail::launch_projections(gate, plan, sequences, pooled.query, pooled.key, features, true, workspace, stream);
   return features;
 }
 
@@ -604,6 +680,7 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   params.items = plan.items();
   params.item_tiles = plan.item_tiles();
 
+  // Row sizes: from the geometry (TopK), or a counting pass of the selection.
   if constexpr (std::is_same_v<Policy, TopK>) {
     row_sizes_kernel<TopK>
         <<<detail::grid_of((plan.max_query_blocks() + kGateThreads - 1) / kGateThreads, plan.heads(), plan.batch()),

@@ -160,6 +160,11 @@ __device__ inline int broadcast(int value, int source_lane) {
 }
 __device__ inline lane_mask_t ballot(bool predicate) { return __ballot_sync(all_lanes, predicate); }
 
+// Warp-wide integer reductions: one REDUX instruction each on sm_80 and newer.
+__device__ inline int warp_sum_int(int value) { return __reduce_add_sync(all_lanes, value); }
+__device__ inline unsigned warp_max_uint(unsigned value) { return __reduce_max_sync(all_lanes, value); }
+__device__ inline unsigned warp_min_uint(unsigned value) { return __reduce_min_sync(all_lanes, value); }
+
 __device__ inline int lane_index() { return static_cast<int>(threadIdx.x) % warp_size; }
 __device__ inline int warp_index() { return static_cast<int>(threadIdx.x) / warp_size; }
 

@@ -145,6 +145,26 @@ __device__ inline int broadcast(int value, int source_lane) { return __shfl(valu
 // Bit l set when lane l's predicate holds; 64 bits on a 64-lane wavefront.
 __device__ inline lane_mask_t ballot(bool predicate) { return static_cast<lane_mask_t>(__ballot(predicate)); }
 
+// Warp-wide integer reductions (a butterfly of shuffles; CUDA has single instructions for these).
+__device__ inline int warp_sum_int(int value) {
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) value += __shfl_xor(value, offset, warp_size);
+  return value;
+}
+__device__ inline unsigned warp_max_uint(unsigned value) {
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
+    const unsigned other = static_cast<unsigned>(__shfl_xor(static_cast<int>(value), offset, warp_size));
+    value = other > value ? other : value;
+  }
+  return value;
+}
+__device__ inline unsigned warp_min_uint(unsigned value) {
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
+    const unsigned other = static_cast<unsigned>(__shfl_xor(static_cast<int>(value), offset, warp_size));
+    value = other < value ? other : value;
+  }
+  return value;
+}
+
 // A wavefront executes in lock step; what a warp synchronisation must still provide is ordering of
 // its shared-memory accesses, hence the fences around the wave barrier.
 __device__ inline void sync_warp() {
