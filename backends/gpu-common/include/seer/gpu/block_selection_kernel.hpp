@@ -188,6 +188,8 @@ struct RowView {
   std::int64_t forced_count = 0;
   int sinks = 0;
   int diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
+  bool dense = false;             // ForcedBlocks::row_is_dense
+  std::int64_t top_k_budget = 0;  // TopK::budget of the row's sequence, when the policy is TopK
 
   __device__ void set_forced(const ForcedBlocks& forced) {
     const auto clamp = [&](std::int64_t value) {
@@ -509,9 +511,10 @@ struct WarpScratch {
   unsigned long long* mass_histogram = nullptr;  // [kRadixBins], Nucleus only
 };
 
-__device__ inline std::int64_t select_row(const TopK& policy, const RowView& row, bool write, std::int32_t* out,
+// (The policy's budget is in the row: top_k_budget.)
+__device__ inline std::int64_t select_row(const TopK&, const RowView& row, bool write, std::int32_t* out,
                                           std::int64_t capacity, const WarpScratch& scratch) {
-  std::int64_t take = policy.budget(row.geometry) - row.forced_count;
+  std::int64_t take = row.top_k_budget - row.forced_count;
   return keep_best(row, take < 0 ? 0 : take, write, out, capacity, scratch.histogram);
 }
 
@@ -814,9 +817,11 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
                       ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
                       : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
   const std::int64_t heads = params.features.heads;
-  // Visible key blocks of each row of the current item, computed once per item (BlockGeometry divides by
-  // the block size: once per row here, not once per warp and use).
+  // The facts of each row of the current item, computed by one thread per row (BlockGeometry divides by the
+  // block size, TopK's budget takes a square root: once per row here, not by all lanes of a warp per use).
   __shared__ int row_visible[kSelectionMaxRows];
+  __shared__ __align__(16) unsigned char row_view_bytes[kSelectionMaxRows * sizeof(detail::RowView)];
+  auto* row_views = reinterpret_cast<detail::RowView*>(row_view_bytes);  // raw storage: RowView has initialisers
 
   for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
     // Last query tiles first: under a causal mask they see the most keys, so the long items start in the
@@ -833,7 +838,18 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     const std::int64_t first_row = heads * params.output.query_block_offsets[b] + h * query_blocks + m0;
 
     __syncthreads();  // the previous item's logits, tiles and row facts are consumed
-    if (threadIdx.x < rows) row_visible[threadIdx.x] = static_cast<int>(g.visible_key_blocks(m0 + threadIdx.x));
+    if (const int row_index = static_cast<int>(threadIdx.x); row_index < rows) {
+      detail::RowView view;
+      view.logits = logits + row_index * params.row_stride;
+      view.visible = static_cast<int>(g.visible_key_blocks(m0 + row_index));
+      view.geometry = g;
+      view.m = m0 + row_index;
+      view.set_forced(params.forced);
+      view.dense = params.forced.row_is_dense(g, view.m);
+      if constexpr (std::is_same_v<Policy, TopK>) view.top_k_budget = params.policy.budget(g);
+      row_views[row_index] = view;
+      row_visible[row_index] = view.visible;
+    }
     __syncthreads();
     // Logits are needed unless every row of the tile is dense or sees nothing.
     const std::int64_t last_visible = row_visible[rows - 1];
@@ -854,14 +870,8 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     }
 
     for (int r = warp; r < rows; r += kWarps) {
-      const std::int64_t m = m0 + r;
       const std::int64_t row = first_row + r;
-      detail::RowView view;
-      view.logits = logits + r * params.row_stride;
-      view.visible = row_visible[r];
-      view.geometry = g;
-      view.m = m;
-      view.set_forced(params.forced);
+      const detail::RowView view = row_views[r];
       std::int32_t* out = nullptr;
       std::int64_t capacity = 0;
       if (params.write) {
@@ -872,7 +882,7 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
       std::int64_t kept = 0;
       if (view.visible <= 0) {
         kept = 0;
-      } else if (params.forced.row_is_dense(g, m)) {
+      } else if (view.dense) {
         kept = detail::compact_row(view, detail::KeepAll{}, params.write, out, capacity);
       } else {
         kept = detail::select_row(params.policy, view, params.write, out, capacity, scratch);
