@@ -44,8 +44,8 @@
 
 namespace seer::gpu {
 
-inline constexpr int kSelectionMaxRows = 16;        // rows per work item (one 16-row tensor-core tile)
-inline constexpr int kSelectionTensorKeyTile = 64;  // key blocks per shared tile on NVIDIA (8 warps x 8)
+inline constexpr int kSelectionMaxRows = 16;             // rows per work item (one 16-row tensor-core tile)
+inline constexpr int kSelectionTensorKeyTile = 64;       // key blocks per shared tile on NVIDIA (8 warps x 8)
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
@@ -188,8 +188,8 @@ struct RowView {
   std::int64_t forced_count = 0;
   int sinks = 0;
   int diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
-  bool dense = false;             // ForcedBlocks::row_is_dense
-  std::int64_t top_k_budget = 0;  // TopK::budget of the row's sequence, when the policy is TopK
+  bool dense = false;                         // ForcedBlocks::row_is_dense
+  std::int64_t top_k_budget = 0;              // TopK::budget of the row's sequence, when the policy is TopK
 
   __device__ void set_forced(const ForcedBlocks& forced) {
     const auto clamp = [&](std::int64_t value) {
@@ -434,7 +434,7 @@ __device__ inline std::int64_t keep_best_in_registers(const RowView& row, int ta
   const std::uint32_t differ = high ^ low;
   int bit = differ == 0u ? -1 : 31 - __clz(static_cast<int>(differ));
   std::uint32_t threshold = bit < 0 ? high : high & ~((2u << bit) - 1u);  // 2u << 31 wraps to 0: no bits kept
-  int at_or_above = static_cast<int>(row.visible - row.forced_count);   // keys >= threshold (all candidates)
+  int at_or_above = static_cast<int>(row.visible - row.forced_count);     // keys >= threshold (all candidates)
   for (; bit >= 0; --bit) {
     const std::uint32_t trial = threshold | (1u << bit);
     int count = 0;
@@ -468,8 +468,7 @@ __device__ inline std::int64_t keep_best_in_registers(const RowView& row, int ta
     const bool tie = ties && key[j] == threshold;
     const vendor::lane_mask_t tie_lanes = vendor::ballot(tie);
     const int tie_rank = ties_seen + lane_count(static_cast<vendor::lane_mask_t>(tie_lanes & below));
-    const bool taken =
-        forced || (ties ? key[j] > threshold || (tie && tie_rank < ties_needed) : key[j] >= threshold);
+    const bool taken = forced || (ties ? key[j] > threshold || (tie && tie_rank < ties_needed) : key[j] >= threshold);
     const vendor::lane_mask_t taken_lanes = vendor::ballot(taken);
     const std::int64_t position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken_lanes & below));
     if (write && taken && position < capacity) out[position] = static_cast<std::int32_t>(n);
@@ -576,8 +575,8 @@ __device__ inline void reduce_logit_tile(const float (&dot)[16], int slice, floa
 struct ItemLogits {
   GateFeatures features;
   std::int64_t b = 0, h = 0, m0 = 0;
-  int rows = 0;                    // rows of the item (<= kSelectionMaxRows)
-  std::int64_t last_visible = 0;   // visible key blocks of the item's last row (the most of any row)
+  int rows = 0;                      // rows of the item (<= kSelectionMaxRows)
+  std::int64_t last_visible = 0;     // visible key blocks of the item's last row (the most of any row)
   const int* row_visible = nullptr;  // visible key blocks of each row (shared memory)
   float* logits = nullptr;
   std::int64_t row_stride = 0;
@@ -695,8 +694,9 @@ SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, 
 // NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). Shared tiles:
 // the 16 query rows as two planes in fragment order (their big and small parts, split once: all 8 warps
 // read them), and 64 keys at padded_row_stride(dim), both with zeros past dim (and in query rows past the
-// item's), so that the reduction runs over whole 16-float chunks. Warp w computes the 16 x 8 block of keys 8w .. 8w + 7 of each
-// 64-key tile. Half of the next tile's keys are loaded into registers while the current one is multiplied.
+// item's), so that the reduction runs over whole 16-float chunks. Warp w computes the 16 x 8 block of keys
+// 8w .. 8w + 7 of each 64-key tile. Half of the next tile's keys are loaded into registers while the current
+// one is multiplied.
 __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, float* tiles) {
   static_assert(kGateThreads / 32 * 8 == kSelectionTensorKeyTile, "8 warps x 8 keys per key tile");
   static_cast<void>(keys_per_tile);  // always kSelectionTensorKeyTile here
@@ -711,7 +711,7 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
   float* key_tile = query_small + kSelectionMaxRows * stride;
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
-  const int vectors = dim / 4;  // 16-byte vectors per feature row (dim is a multiple of 8)
+  const int vectors = dim / 4;            // 16-byte vectors per feature row (dim is a multiple of 8)
   const int stride_vectors = stride / 4;  // of a key tile row
   // Row of 16-byte vector i of a tile, i / vectors, without a division: i < 64 * 64 and vectors <= 64, so
   // (i + 0.5) / vectors stays at least 1/128 away from an integer and fp32 rounding cannot cross one.
@@ -778,8 +778,7 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
     __syncthreads();
     if (key_first + kKeys < item.last_visible) load_tile(key_first + kKeys);
     DotAccumulators<1, 6> dots;  // one 16 x 8 tile per warp: six chains keep the tensor cores busy
-    accumulate_dots(dots, LeftFragments{query_big, query_small}, Fp32Rows{key_tile + 8 * warp * stride, stride},
-                    depth);
+    accumulate_dots(dots, LeftFragments{query_big, query_small}, Fp32Rows{key_tile + 8 * warp * stride, stride}, depth);
     const std::int64_t n = key_first + 8 * warp + 2 * t;
     if (n < visible_upper) out_upper[n] = dots.total(0, 0) * features.scale;
     if (n + 1 < visible_upper) out_upper[n + 1] = dots.total(0, 1) * features.scale;
@@ -951,7 +950,6 @@ __global__ void __launch_bounds__(Threads)
     __syncthreads();
   }
 }
-
 
 // Tile totals of the row sizes in row_offsets[1 .. rows] (rows = heads * query_block_offsets[batch]).
 template <int Threads>

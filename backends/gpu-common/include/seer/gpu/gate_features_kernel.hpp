@@ -303,7 +303,7 @@ struct ProjectParams {
   // small parts. Null where the FMA kernel runs.
   const float* weights_transposed_big = nullptr;
   const float* weights_transposed_small = nullptr;
-  float* output = nullptr;         // [batch, output_heads, max_blocks, dim]
+  float* output = nullptr;  // [batch, output_heads, max_blocks, dim]
   std::int64_t output_heads = 0;
   std::int64_t dim = 0;
   std::int64_t max_blocks = 0;
