@@ -67,16 +67,12 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
   // fp32 (~1e-7 relative: far below the bf16 / fp16 rounding of the rotated output).
   float* cosines = rope_table;
   float* sines = rope_table + block_size * half;
-  const float factor = static_cast<float>(params.attention_factor);
+  const DeviceRope rope{params.inverse_frequencies, half, params.attention_factor};
   for (int i = static_cast<int>(threadIdx.x); i < count * half; i += kRopePoolThreads) {
     const int t = i / half, pair = i % half;
-    constexpr double kTwoPi = 6.283185307179586;
-    double angle = static_cast<double>(position0 + t) * params.inverse_frequencies[pair];
-    angle = fma(-kTwoPi, rint(angle * (1.0 / kTwoPi)), angle);
-    float sine = 0.0f, cosine = 0.0f;
-    sincosf(static_cast<float>(angle), &sine, &cosine);
-    cosines[i] = cosine * factor;
-    sines[i] = sine * factor;
+    const float2 coefficients = detail::rope_coefficients(rope, position0 + t, pair);
+    cosines[i] = coefficients.x;
+    sines[i] = coefficients.y;
   }
   __syncthreads();
 
