@@ -298,9 +298,11 @@ struct ProjectParams {
   const float* input = nullptr;  // [batch, input_heads, max_blocks, input_width]
   std::int64_t input_heads = 0;
   std::int64_t input_width = 0;
-  const float* weights = nullptr;  // [output_heads, input_width, dim]; null: identity (input_width == dim)
-  // The same weights as [output_heads, dim, input_width], split for the tensor cores (split_tf32): big and
-  // small parts. Null where the FMA kernel runs.
+  // The weights in one of two forms, the other null (both null: identity, input_width == dim): as given,
+  // [output_heads, input_width, dim], for project_features_kernel; or transposed, [output_heads, dim,
+  // input_width], and split for the tensor cores (split_tf32: big and small parts), for
+  // project_features_tensor_kernel.
+  const float* weights = nullptr;
   const float* weights_transposed_big = nullptr;
   const float* weights_transposed_small = nullptr;
   float* output = nullptr;  // [batch, output_heads, max_blocks, dim]

@@ -83,11 +83,14 @@ class DeviceLearnedGate {
     for (BlockPooling pooling : gate.gate_type().query_pools) query_pools_.push_back(static_cast<int>(pooling));
     for (BlockPooling pooling : gate.gate_type().key_pools) key_pools_.push_back(static_cast<int>(pooling));
     try {
-      key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
-      upload_split_transposed(gate.k_projection(), key_input_width(), key_projection_split_);
-      if (has_q_projection_) {
-        query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
-        upload_split_transposed(gate.q_projection(), query_input_width(), query_projection_split_);
+      // Each projection is uploaded only in the form its kernel reads (see uses_tensor_projection).
+      if (uses_tensor_projection()) {
+        upload_split_transposed(gate.k_projection(), key_input_width(), key_projection_split_);
+        if (has_q_projection_)
+          upload_split_transposed(gate.q_projection(), query_input_width(), query_projection_split_);
+      } else {
+        key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
+        if (has_q_projection_) query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
       }
       inverse_frequencies_ = upload_to_device(gate.rotary_embedding().inverse_frequencies(), "DeviceLearnedGate");
     } catch (...) {
@@ -110,9 +113,19 @@ class DeviceLearnedGate {
   const std::vector<int>& key_pools() const { return key_pools_; }
   std::int64_t query_input_width() const { return static_cast<std::int64_t>(query_pools_.size()) * head_dim_; }
   std::int64_t key_input_width() const { return static_cast<std::int64_t>(key_pools_.size()) * head_dim_; }
+  // NVIDIA projections up to kTensorProjectionColumns wide run on the tensor cores from the split,
+  // transposed weights; wider ones, and every AMD build, on project_features_kernel from the weights as
+  // given. Null where the other form is used.
+  bool uses_tensor_projection() const {
+#if defined(__HIPCC__)
+    return false;
+#else
+    return hidden_size_ <= kTensorProjectionColumns;
+#endif
+  }
   const float* key_projection() const { return key_projection_; }
   const float* query_projection() const { return query_projection_; }
-  // The same weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows),
+  // The weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows),
   // split into big and small parts (seer/gpu/fp32_tensor_dot.hpp): [0] big, [1] small.
   const float* const* key_projection_split() const { return key_projection_split_; }
   const float* const* query_projection_split() const { return query_projection_split_; }
@@ -467,7 +480,7 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
                               vendor::stream_t stream) {
 #if !defined(__HIPCC__)
   // NVIDIA: tensor cores (split TF32) for projections up to 128 wide.
-  if (params.weights_transposed_big != nullptr && params.dim <= kTensorProjectionColumns) {
+  if (params.weights_transposed_big != nullptr) {  // the gate's uses_tensor_projection()
     const dim3 grid =
         grid_of((params.max_blocks + kTensorProjectionRows - 1) / kTensorProjectionRows, params.output_heads, batch);
     auto* kernel = &project_features_tensor_kernel<kTensorProjectionColumns>;
