@@ -8,12 +8,14 @@
 //                          and the kernel applies RoPE right away, writing the final feature.
 //   project_features_kernel multiplies pooled features by the gate's projection ([heads, in, dg], no
 //                          bias), then applies RoPE: 32 blocks of one head per CTA, the weights streamed
-//                          through shared memory once per 32 blocks.
+//                          through shared memory once per 32 blocks (fp32 FMA: AMD, and wider than 128).
+//   project_features_tensor_kernel the same product on NVIDIA tensor cores (split TF32), 64 blocks per CTA.
+//   rope_table_kernel      the RoPE coefficients of every (side, sequence, block, pair), once per call.
 //
 // RoPE is LearnedGate's: key block n at position n * B, query block m at (k_len - q_len) + m * B, the
 // pairing i <-> i + dg/2, cos and sin times the attention factor. Angles and cos/sin are computed in
 // double from RotaryEmbedding's own inverse frequencies, so positions near 1M tokens keep their accuracy
-// (an fp32 angle would be off by up to ~0.06 rad there); it is a few thousand sincos per head.
+// (an fp32 angle would be off by up to ~0.06 rad there); the projections read them from the RoPE table.
 //
 // Feature layout (device, fp32, padded to the longest sequence so that no device-side offsets are
 // needed): query features [batch, Hq, max_query_blocks, width], key features [batch, heads of that

@@ -15,8 +15,9 @@
 // of which the first heads * query_block_offsets[batch] rows are used.
 //
 // Kernels, in stream order (seer/gpu/gate_features_kernel.hpp, seer/gpu/block_selection_kernel.hpp):
-//   features: pool Q (and RoPE it right away when the gate has no q projection), pool K, project K
-//             (+ Q in the double-linear layout) with RoPE; or, from pre-pooled features, the projections
+//   features: pool Q (and RoPE it right away when the gate has no q projection), pool K, the RoPE table,
+//             project K (+ Q in the double-linear layout) with RoPE; or, from pre-pooled features, the table
+//             and the projections
 //   select:   query_block_offsets; row sizes (TopK: from the geometry; Threshold / Nucleus: a counting
 //             pass of the selection kernel); scan into row_offsets; the selection kernel's writing pass.
 //
@@ -25,9 +26,10 @@
 // tokens), so callers may pass less and check the device overflow flag (DeviceBlockSetBuffers::overflow)
 // when they next synchronise: on overflow, rows are cut to ascending prefixes (safe to read, incomplete).
 //
-// Numerics: features and logits in fp32 (the CPU reference is double), pooling sums in fp32, RoPE
-// angles in double. Selections equal seer::select_blocks on the same inputs except where fp32 rounding
-// decides a near-tie (TopK, Nucleus order) or a probability within rounding of tau or of the mass p.
+// Numerics: features and logits in fp32 (the CPU reference is double; on NVIDIA the products run on
+// tensor cores in split TF32, within a few fp32 roundings: seer/gpu/fp32_tensor_dot.hpp), pooling sums in
+// fp32, RoPE angles in double. Selections equal seer::select_blocks on the same inputs except where that
+// rounding decides a near-tie (TopK, Nucleus order) or a probability within rounding of tau or of the mass p.
 #pragma once
 
 #include <algorithm>
