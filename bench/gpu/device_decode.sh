@@ -3,8 +3,11 @@
 # (seer_cuda_decode_tests, seer_cuda_decode_gate_tests, seer_bench_decode_capi), run both test suites,
 # the benchmark, a kernel profile (ncu, clocks left alone) and the tests under compute-sanitizer
 # (memcheck, racecheck). Logs under $OUT; a short summary last.
-#   bench/gpu/device_decode.sh [prebuilt|build] [test] [bench] [profile] [sanitize] [sanitize-gate]
-#   (prebuilt: the decode tests and bench library built here beforehand, carried in .carry/decode-build)
+#   bench/gpu/device_decode.sh [prebuilt|build] [test] [bench] [profile] [sanitize] [sanitize-gate] [sanitize-cases]
+#   (prebuilt: the decode tests, the decode gate tests and the bench library built here beforehand, carried in
+#   .carry/decode-build)
+#   (sanitize-cases: every test case of both suites in its own process under memcheck and under racecheck, plus
+#   both plain suites, SANITIZE_JOBS at a time within SANITIZE_SECONDS; counts summed at the end)
 #   (default: build test bench sanitize sanitize-gate)
 # Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
 # none. A build folder carried from the development machine (build-decode) is reused when its binaries
@@ -30,7 +33,10 @@ if has prebuilt; then  # binaries built on the development machine (nvcc, sm_90a
   mkdir -p "$(dirname "$TESTS")" "$(dirname "$LIBRARY")"
   cp .carry/decode-build/seer_cuda_decode_tests "$TESTS" && cp .carry/decode-build/libseer_bench_decode_capi.so "$LIBRARY" ||
     { echo "prebuilt: missing binaries"; exit 1; }
-  echo "prebuilt: decode tests and bench library from .carry/decode-build"
+  if [ -f .carry/decode-build/seer_cuda_decode_gate_tests ]; then
+    mkdir -p "$(dirname "$GATE_TESTS")" && cp .carry/decode-build/seer_cuda_decode_gate_tests "$GATE_TESTS"
+  fi
+  echo "prebuilt: decode tests, decode gate tests and bench library from .carry/decode-build"
 fi
 
 if has build; then
@@ -77,11 +83,95 @@ if has bench; then
   echo "bench: $((SECONDS - start)) s"
 fi
 
-if has profile; then  # kernel durations at batch 1 / 32k; --clock-control none: the clocks stay as they are
-  timeout 90 ncu --clock-control none --kernel-name regex:decode --launch-skip 4 --launch-count 8 \
+sanitize_cases() {  # every case of both suites in its own process, under memcheck and racecheck, in parallel
+  local start=$SECONDS jobs=$OUT/sanitize_jobs.txt dir=$OUT/sanitize binary tool name index=0
+  mkdir -p "$dir"; : >"$jobs"
+  for tool in racecheck memcheck; do
+    for binary in $TESTS $GATE_TESTS; do
+      [ -x "$binary" ] || continue
+      # doctest filters split at commas and take wildcards: each comma of a name becomes '?'
+      "$binary" -ltc --no-colors 2>/dev/null | grep -v -E '^\[doctest\]|^====|^$' | while IFS= read -r name; do
+        printf '%s\t%s\t%s\n' "$tool" "$binary" "${name//,/?}"
+      done >>"$jobs"
+    done
+  done
+  for binary in $TESTS $GATE_TESTS; do [ -x "$binary" ] && printf 'plain\t%s\t*\n' "$binary" >>"$jobs"; done
+  echo "sanitize-cases: $(wc -l <"$jobs") jobs, ${SANITIZE_JOBS:-16} at a time"
+  run_job() {  # tool binary filter index
+    local log="$dir/$1_$(basename "$2")_$4.log"
+    if [ "$1" = plain ]; then
+      timeout "${SANITIZE_SECONDS:-100}" "$2" -tc="$3" >"$log" 2>&1
+    else
+      timeout "${SANITIZE_SECONDS:-100}" compute-sanitizer --tool "$1" --error-exitcode 9 "$2" -tc="$3" >"$log" 2>&1
+    fi
+    echo "rc=$?" >>"$log"
+  }
+  export -f run_job; export dir
+  awk -F'\t' '{ print $1 "\t" $2 "\t" $3 "\t" NR }' "$jobs" |
+    xargs -P "${SANITIZE_JOBS:-16}" -d '\n' -n 1 bash -c 'IFS=$(printf "\t") read -r t b f i <<<"$0"; run_job "$t" "$b" "$f" "$i"'
+  python3 - "$dir" <<'PY'
+import glob, os, re, sys
+summary = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.log"))):
+    text = open(path, errors="replace").read()
+    tool, suite = os.path.basename(path).split("_", 1)
+    suite = suite.rsplit("_", 1)[0]
+    s = summary.setdefault((tool, suite), {"jobs": 0, "rc0": 0, "cases": 0, "passed": 0, "asserts": 0, "errors": 0,
+                                           "hazards": 0, "unfinished": []})
+    s["jobs"] += 1
+    rc = re.search(r"^rc=(\d+)", text, re.M)
+    if rc and rc.group(1) == "0":
+        s["rc0"] += 1
+    else:
+        s["unfinished"].append(os.path.basename(path) + " " + (rc.group(0) if rc else "no rc"))
+    m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed", text)
+    if m:
+        s["cases"] += int(m.group(1)); s["passed"] += int(m.group(2))
+    m = re.search(r"assertions:\s*(\d+) \|\s*(\d+) passed", text)
+    if m:
+        s["asserts"] += int(m.group(2))
+    m = re.search(r"ERROR SUMMARY: (\d+) error", text)
+    if m:
+        s["errors"] += int(m.group(1))
+    m = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)
+    if m:
+        s["hazards"] += int(m.group(1))
+    if tool != "plain" and not re.search(r"(ERROR|RACECHECK) SUMMARY", text):
+        s["unfinished"].append(os.path.basename(path) + " no sanitizer summary")
+for (tool, suite), s in sorted(summary.items()):
+    print(f"{tool} {suite}: {s['jobs']} jobs, {s['rc0']} rc=0; test cases {s['passed']}/{s['cases']} passed, "
+          f"{s['asserts']} assertions passed; errors {s['errors']}, hazards {s['hazards']}"
+          + (f"; NOT FINISHED OR FAILED: {s['unfinished']}" if s["unfinished"] else ""))
+PY
+  tar -czf "$OUT/sanitize_logs.tgz" -C "$OUT" sanitize sanitize_jobs.txt && rm -rf "$dir" "$jobs"
+  echo "sanitize-cases: $((SECONDS - start)) s"
+}
+has sanitize-cases && sanitize_cases | tee "$OUT/sanitize_summary.txt"
+
+if has profile; then  # ncu, clocks left alone (--clock-control none)
+  start=$SECONDS
+  # (1) DRAM bytes read and written by each decode launch after the flush write (caches as do_bench leaves
+  # them: --cache-control none), for the automatic kernel and the PROFILE_VARIANTS (bench_decode.py --variants).
+  timeout 60 ncu --clock-control none --cache-control none --kernel-name regex:sparse_decode \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
+    python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --profile --batches ${PROFILE_BATCHES:-1,16} \
+    --contexts 32768 --densities 0.1 --variants "${PROFILE_VARIANTS:-}" >"$OUT/ncu_dram.log" 2>&1 || echo "ncu dram: rc=$?"
+  grep -E "sparse_decode_kernel|gpu__time|dram__bytes|launch__grid" "$OUT/ncu_dram.log" |
+    sed -E 's/sparse_decode_kernel<([^>]*)>.*/sparse_decode_kernel<\1>/' | head -80
+  # (2) where a batch-1 CTA's warps wait: warp states and source-level stall samples of one automatic launch.
+  timeout 75 ncu --clock-control none --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 \
+    --section WarpStateStats --section SourceCounters --section SchedulerStats --section MemoryWorkloadAnalysis \
+    --section SpeedOfLight --import-source no -o "$OUT/ncu_batch1" \
     python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --profile --batches 1 --contexts 32768 \
-    --densities 0.1 >"$OUT/ncu.log" 2>&1 || echo "ncu: rc=$?"
-  grep -E "decode|Duration|DRAM Throughput|Memory Throughput|Registers|Block Limit|Achieved Occupancy" "$OUT/ncu.log" | head -60
+    --densities 0.1 >"$OUT/ncu_source.log" 2>&1 || echo "ncu source: rc=$?"
+  if [ -f "$OUT/ncu_batch1.ncu-rep" ]; then
+    ncu --import "$OUT/ncu_batch1.ncu-rep" --page details >"$OUT/ncu_batch1_details.txt" 2>&1
+    ncu --import "$OUT/ncu_batch1.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu_batch1_sass.csv" 2>&1 ||
+      echo "ncu source page: rc=$?"
+    grep -E -i "stall|warp cycles|issued|eligible|active warps|throughput|hit rate|duration" \
+      "$OUT/ncu_batch1_details.txt" | head -50
+  fi
+  echo "profile: $((SECONDS - start)) s"
 fi
 
 sanitize() {  # name binary seconds

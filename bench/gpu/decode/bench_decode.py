@@ -47,7 +47,7 @@ def load_library(path):
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     decode = library.seer_bench_decode_bf16
     decode.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, i64,
-                       i64, i64, ptr, ctypes.c_char_p, i64]
+                       i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
     decode.restype = ctypes.c_int
     workspace = library.seer_bench_decode_workspace_bf16
     workspace.argtypes = [i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, i64, ctypes.c_char_p, i64]
@@ -141,16 +141,19 @@ def main():
                         help="forced split bounds also timed at density 0.1 (diagnostics; the table reports the "
                              "automatic choice)")
     parser.add_argument("--variants", default="",
-                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/ORDER/SPLITS with "
-                             "PIPELINE auto|shallow|deep, ORDER auto|inter|contig (interleaved or contiguous splits), "
-                             "SPLITS 0 (automatic) or a bound; "
+                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/ORDER/SPLITS[/OPTIONS] "
+                             "with PIPELINE auto|shallow|deep, ORDER auto|inter|contig (interleaved or contiguous "
+                             "splits), SPLITS 0 (automatic) or a bound, OPTIONS '+'-joined: hm (a head-major cache "
+                             "[B, Hkv, S, D], SDPA's layout, instead of the token-major [B, S, Hkv, D]), normal / ef "
+                             "(K/V lines in the L2 with the normal / evict-first policy; default: the library's choice); "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
                              "context, e.g. 1x32k@deep/contig/16)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
                         help="SDPA backends timed (the fastest is the baseline)")
     parser.add_argument("--skip-dense", action="store_true", help="no seer-dense row")
     parser.add_argument("--profile", action="store_true",
-                        help="no timing: five seer calls per sparse density (for a profiler such as ncu)")
+                        help="no timing: per sparse density, three seer calls of the automatic kernel and then of each "
+                             "variant that applies, each after the flush write (for a profiler such as ncu)")
     args = parser.parse_args()
 
     decode, workspace_query = load_library(args.library)
@@ -168,6 +171,29 @@ def main():
         null_times = {"ms": timer.flush(null), "clean_ms": timer.clean(null), "graph_ms": timer.graph([null])}
         print(json.dumps({"probe": "null", **null_times}), flush=True)
 
+    def parsed_variants(batch, context):
+        """(name, (forced splits, pipeline, order, L2 policy, head major)) of the variants for this configuration."""
+        pipelines, orders = {"auto": 0, "shallow": 1, "deep": 2}, {"auto": 0, "inter": 1, "contig": 2}
+        chosen = []
+        for variant in filter(None, args.variants.split(",")):
+            if "@" in variant:
+                selector, variant = variant.split("@")
+                for_batch, _, for_context = selector.partition("x")
+                if int(for_batch) != batch:
+                    continue
+                if for_context and int(for_context.replace("k", "")) * (
+                        1024 if for_context.endswith("k") else 1) != context:
+                    continue
+            fields = variant.split("/")
+            pipeline, order, forced = fields[:3]
+            options = fields[3].split("+") if len(fields) > 3 else []
+            policy = 2 if "normal" in options else (1 if "ef" in options else 0)
+            chosen.append((variant, (int(forced), pipelines[pipeline], orders[order], policy, "hm" in options)))
+        return chosen
+
+    variants_for = lambda batch, context: [v for _, v in parsed_variants(batch, context)]
+    variant_names_for = lambda batch, context: [n for n, _ in parsed_variants(batch, context)]
+
     for batch in [int(b) for b in args.batches.split(",")]:
         for context in [int(s) for s in args.contexts.split(",")]:
             q = torch.randn(batch, 1, Q_HEADS, DIM, device="cuda", dtype=torch.bfloat16)
@@ -178,16 +204,24 @@ def main():
             lse = torch.empty(Q_HEADS, batch, device="cuda", dtype=torch.float32)
             cache_bytes = 2 * keys.numel() * keys.element_size()
             copies = [(keys, values)]  # rotating copies of the cache for the graph method
+            head_major_copies = []     # the same in the head-major layout [B, Hkv, S, D], made when a variant asks
 
-            def copies_for(bytes_per_call):
-                wanted = max(2, math.ceil(ROTATION_BYTES / max(1, bytes_per_call)))
+            def copies_for(bytes_per_call, head_major=False):
+                """Rotating cache copies for the graph method; bytes_per_call 0: only the first copy."""
+                pool = head_major_copies if head_major else copies
+                if head_major and not pool:
+                    pool.append((keys.transpose(1, 2).contiguous(), values.transpose(1, 2).contiguous()))
+                if bytes_per_call <= 0:
+                    return pool[:1]
+                wanted = max(2, math.ceil(ROTATION_BYTES / bytes_per_call))
                 wanted = min(wanted, max(2, COPY_BUDGET // cache_bytes))
-                while len(copies) < wanted:
-                    copies.append((keys.clone(), values.clone()))
-                return copies[:wanted]
+                while len(pool) < wanted:
+                    pool.append((pool[0][0].clone(), pool[0][1].clone()))
+                return pool[:wanted]
 
-            def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, order=0):
-                k, v = cache if cache is not None else (keys, values)
+            def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, order=0, policy=0,
+                          head_major=False):
+                k, v = cache if cache is not None else (copies_for(0, True)[0] if head_major else (keys, values))
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 stream = torch.cuda.current_stream().cuda_stream
                 status = decode(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), out.data_ptr(),
@@ -196,7 +230,7 @@ def main():
                                 counts.data_ptr() if blocks is not None else None, capacity,
                                 workspace.data_ptr() if workspace is not None else None,
                                 workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order,
-                                stream, error, len(error))
+                                policy, 1 if head_major else 0, stream, error, len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
@@ -211,9 +245,13 @@ def main():
             if args.profile:
                 for density in [float(d) for d in args.densities.split(",")]:
                     key_blocks, counts, capacity, kept = random_blocks(batch, context // BLOCK, density, generator)
-                    workspace = workspace_for(capacity, False)
-                    for _ in range(5):
-                        seer_call((key_blocks, counts, capacity), workspace)
+                    blocks = (key_blocks, counts, capacity)
+                    for variant in [(0, 0, 0, 0, False)] + variants_for(batch, context):
+                        forced, pipeline, order, policy, head_major = variant
+                        workspace = workspace_for(capacity, False, forced)
+                        for _ in range(3):
+                            timer.flush_buffer.zero_()  # the L2 as do_bench leaves it: full of dirty lines
+                            seer_call(blocks, workspace, forced, None, pipeline, order, policy, head_major)
                 torch.cuda.synchronize()
                 continue
 
@@ -269,10 +307,12 @@ def main():
             for name, times in sdpa.items():
                 record(f"sdpa-{name}", 1.0, batch * KV_HEADS * (context // BLOCK), times, 0.0)
 
-            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, order=0):
-                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, order)
-                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order)
-                               for c in copies_for(bytes_per_call)]
+            def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, order=0, policy=0,
+                          head_major=False):
+                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, order, policy, head_major)
+                graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order, policy,
+                                                     head_major)
+                               for c in copies_for(bytes_per_call, head_major)]
                 return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls)}
 
             # ---- seer dense ----
@@ -301,24 +341,22 @@ def main():
                         sweep[forced] = time_seer(blocks, forced_workspace, kept_bytes, forced)
                     print(json.dumps({"batch": batch, "context": context, "density": density, "forced_splits": sweep}),
                           flush=True)
-                if density == 0.1 and args.variants:
-                    pipelines, orders = {"auto": 0, "shallow": 1, "deep": 2}, {"auto": 0, "inter": 1, "contig": 2}
-                    for variant in args.variants.split(","):
-                        if "@" in variant:
-                            selector, variant = variant.split("@")
-                            for_batch, _, for_context = selector.partition("x")
-                            if int(for_batch) != batch:
-                                continue
-                            if for_context and int(for_context.replace("k", "")) * (
-                                    1024 if for_context.endswith("k") else 1) != context:
-                                continue
-                        pipeline, order, forced = variant.split("/")
-                        forced = int(forced)
+                if density == 0.1:
+                    for name, (forced, pipeline, order, policy, head_major) in zip(
+                            variant_names_for(batch, context), variants_for(batch, context)):
                         forced_workspace = workspace_for(capacity, False, forced)
-                        times = time_seer(blocks, forced_workspace, kept_bytes, forced, pipelines[pipeline],
-                                          orders[order])
-                        record(f"seer {variant}", density, kept, times, None, forced)
-            del q, keys, values, out, lse, q_sdpa, reference, copies
+                        if head_major:  # the same call on the token-major cache must give the same bits
+                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, head_major)
+                            torch.cuda.synchronize()
+                            reference_out = out.clone()
+                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, False)
+                            torch.cuda.synchronize()
+                            if not torch.equal(reference_out, out):
+                                raise RuntimeError(f"variant {name}: head-major output differs from token-major")
+                        times = time_seer(blocks, forced_workspace, kept_bytes, forced, pipeline, order, policy,
+                                          head_major)
+                        record(f"seer {name}", density, kept, times, None, forced)
+            del q, keys, values, out, lse, q_sdpa, reference, copies, head_major_copies
             torch.cuda.empty_cache()
 
     if args.profile:

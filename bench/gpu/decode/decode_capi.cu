@@ -23,12 +23,13 @@ struct Views {
   seer::DecodeBlockListView blocks;
 };
 
-// q, out: [batch, q_len, q_heads, head_dim]; keys, values: [batch, capacity, kv_heads, head_dim]; bf16,
+// q, out: [batch, q_len, q_heads, head_dim]; keys, values: [batch, capacity, kv_heads, head_dim] (token-major),
+// or [batch, kv_heads, capacity, head_dim] when head_major (each head's tokens one run, SDPA's layout); bf16,
 // contiguous, device memory; lengths: [batch] int32 device memory.
 Views make_views(const void* q, const void* keys, const void* values, const std::int32_t* lengths, void* out,
                  std::int64_t batch, std::int64_t q_len, std::int64_t q_heads, std::int64_t kv_heads,
                  std::int64_t head_dim, std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
-                 const std::int32_t* counts, std::int64_t block_capacity) {
+                 const std::int32_t* counts, std::int64_t block_capacity, bool head_major = false) {
   using seer::bfloat16;
   Views views;
   views.q = seer::padded_batch(seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(q),
@@ -36,10 +37,14 @@ Views make_views(const void* q, const void* keys, const void* values, const std:
                                "q");
   views.out = seer::padded_batch(
       seer::TensorView<bfloat16, 4>::contiguous(static_cast<bfloat16*>(out), {batch, q_len, q_heads, head_dim}), "out");
-  const auto k = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(keys),
-                                                                 {batch, capacity, kv_heads, head_dim});
-  const auto v = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(values),
-                                                                 {batch, capacity, kv_heads, head_dim});
+  auto k = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(keys),
+                                                           {batch, capacity, kv_heads, head_dim});
+  auto v = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(values),
+                                                           {batch, capacity, kv_heads, head_dim});
+  if (head_major) {  // the same [batch, token, head, dim] view over a [batch, head, token, dim] buffer
+    k.stride = {kv_heads * capacity * head_dim, head_dim, capacity * head_dim, 1};
+    v.stride = k.stride;
+  }
   views.cache = seer::contiguous_kv_cache(k, v, lengths, max_length);
   views.blocks = seer::DecodeBlockListView{key_blocks, counts, batch, kv_heads, block_capacity, 64};
   return views;
@@ -72,26 +77,29 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
 
 // One decode call on `stream`. key_blocks == nullptr selects dense decoding; forced_splits > 0 replaces the
 // automatic split bound; forced_pipeline 1 / 2 the shallow / deep kernel, forced_order 1 / 2 interleaved /
-// contiguous splits (0: automatic). Returns 0, or 1 with a message.
+// contiguous splits, forced_l2_policy 1 / 2 evict-first / normal K/V lines (0: automatic); head_major != 0:
+// keys and values are [batch, kv_heads, capacity, head_dim]. Returns 0, or 1 with a message.
 extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
                                       void* out, float* lse, std::int64_t batch, std::int64_t q_len,
                                       std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
                                       std::int64_t capacity, std::int64_t max_length, const std::int32_t* key_blocks,
                                       const std::int32_t* counts, std::int64_t block_capacity, void* workspace,
                                       std::int64_t workspace_bytes, std::int64_t forced_splits,
-                                      std::int64_t forced_pipeline, std::int64_t forced_order, void* stream,
-                                      char* error, std::int64_t error_capacity) {
+                                      std::int64_t forced_pipeline, std::int64_t forced_order,
+                                      std::int64_t forced_l2_policy, std::int64_t head_major, void* stream, char* error,
+                                      std::int64_t error_capacity) {
   try {
     const Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
-                                   max_length, key_blocks, counts, block_capacity);
+                                   max_length, key_blocks, counts, block_capacity, head_major != 0);
     seer::TensorView<float, 2> lse_view;
     if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
     const seer::DecodeBlockListView* blocks = key_blocks != nullptr ? &views.blocks : nullptr;
-    if (forced_splits > 0 || forced_pipeline > 0 || forced_order > 0) {
+    if (forced_splits > 0 || forced_pipeline > 0 || forced_order > 0 || forced_l2_policy > 0) {
       seer::gpu::DecodeLaunchShape shape = seer::cuda::detail::automatic_decode_shape(views.q, views.cache, blocks);
       if (forced_splits > 0) shape.splits = forced_splits;
       if (forced_pipeline > 0) shape.deep_pipeline = forced_pipeline == 2;
       if (forced_order > 0) shape.contiguous_splits = forced_order == 2;
+      if (forced_l2_policy > 0) shape.kv_evict_first = forced_l2_policy == 1;
       seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
           views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
           shape, static_cast<cudaStream_t>(stream));

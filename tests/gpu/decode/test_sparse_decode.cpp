@@ -35,6 +35,7 @@ struct Case {
   std::int64_t q_heads = 8, kv_heads = 2, head_dim = 128;
   bool packed = false;         // padded needs equal q lengths
   std::int64_t page_size = 0;  // 0: contiguous cache
+  bool head_major = false;     // contiguous cache laid out [B, Hkv, capacity, D] instead of [B, capacity, Hkv, D]
   double density = -1.0;       // < 0: dense (no block list); first and last block kept when > 0
   bool empty_rows = false;     // some (sequence, KV head) rows keep no block
   bool causal = true;
@@ -54,10 +55,11 @@ std::string describe(const Case& c) {
   for (auto l : c.lengths) text += " " + std::to_string(l);
   text += ", heads " + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) + ", D " +
           std::to_string(c.head_dim) + (c.packed ? ", packed" : ", padded") +
-          (c.page_size > 0 ? ", page size " + std::to_string(c.page_size) : ", contiguous") + ", density " +
-          std::to_string(c.density) + (c.empty_rows ? ", empty rows" : "") + (c.causal ? "" : ", non-causal") +
-          (c.capture_in_graph ? ", CUDA graph" : "") + ", forced splits " + std::to_string(c.forced_splits) +
-          (c.amd_kernel ? ", AMD kernel (portable path)" : "") +
+          (c.page_size > 0 ? ", page size " + std::to_string(c.page_size)
+                           : (c.head_major ? ", contiguous head-major" : ", contiguous")) +
+          ", density " + std::to_string(c.density) + (c.empty_rows ? ", empty rows" : "") +
+          (c.causal ? "" : ", non-causal") + (c.capture_in_graph ? ", CUDA graph" : "") + ", forced splits " +
+          std::to_string(c.forced_splits) + (c.amd_kernel ? ", AMD kernel (portable path)" : "") +
           (c.pipeline == 1   ? ", shallow pipeline"
            : c.pipeline == 2 ? ", deep pipeline"
                              : "") +
@@ -155,7 +157,8 @@ void check_case(const Case& c) {
     out_batch = padded_batch(TensorView<T, 4>::contiguous(out.data(), {batch, max_q, c.q_heads, dim}), "out");
   }
 
-  // The cache: contiguous [B, capacity, Hkv, D] or a pool of shuffled pages; NaN past each length.
+  // The cache: contiguous [B, capacity, Hkv, D] (or [B, Hkv, capacity, D]) or a pool of shuffled pages; NaN
+  // past each length.
   const std::int64_t longest = *std::max_element(c.lengths.begin(), c.lengths.end());
   std::vector<T> keys, values;
   std::vector<std::int32_t> page_table;
@@ -164,14 +167,22 @@ void check_case(const Case& c) {
     const std::int64_t capacity = longest + 5;
     keys.assign(static_cast<std::size_t>(batch * capacity * kv_heads * dim), nan);
     values = keys;
+    auto key_view = TensorView<const T, 4>::contiguous(keys.data(), {batch, capacity, kv_heads, dim});
+    auto value_view = TensorView<const T, 4>::contiguous(values.data(), {batch, capacity, kv_heads, dim});
+    if (c.head_major) {  // the view stays [b, token, head, dim]; only its strides change
+      key_view.stride = {kv_heads * capacity * dim, dim, capacity * dim, 1};
+      value_view.stride = key_view.stride;
+    }
     for (std::int64_t b = 0; b < batch; ++b)
-      for (std::int64_t i = 0; i < c.lengths[static_cast<std::size_t>(b)] * kv_heads * dim; ++i) {
-        keys[static_cast<std::size_t>(b * capacity * kv_heads * dim + i)] = from_float<T>(normal(random));
-        values[static_cast<std::size_t>(b * capacity * kv_heads * dim + i)] = from_float<T>(normal(random));
-      }
-    cache = contiguous_kv_cache(TensorView<const T, 4>::contiguous(keys.data(), {batch, capacity, kv_heads, dim}),
-                                TensorView<const T, 4>::contiguous(values.data(), {batch, capacity, kv_heads, dim}),
-                                c.lengths.data(), longest);
+      for (std::int64_t t = 0; t < c.lengths[static_cast<std::size_t>(b)]; ++t)
+        for (std::int64_t h = 0; h < kv_heads; ++h)
+          for (std::int64_t d = 0; d < dim; ++d) {
+            const std::size_t at =
+                static_cast<std::size_t>(b * key_view.stride[0] + t * key_view.stride[1] + h * key_view.stride[2] + d);
+            keys[at] = from_float<T>(normal(random));
+            values[at] = from_float<T>(normal(random));
+          }
+    cache = contiguous_kv_cache(key_view, value_view, c.lengths.data(), longest);
   } else {
     const std::int64_t pages_per_sequence = (longest + c.page_size - 1) / c.page_size + 1;
     const std::int64_t pages = batch * pages_per_sequence + 3;  // spare pages nobody uses
@@ -361,25 +372,34 @@ TEST_CASE("gpu decode: dense path, every block kept, and rows that keep no block
   check_both_types(c);
 }
 
-TEST_CASE(
-    "gpu decode: forced split counts (both pipelines, both split orders) and the automatic one on a long context") {
-  // 1 to 3 splits give CTAs of 8 to 24 kept tiles: the deep pipeline's steady state runs too. 1 to 3
-  // splits use every split (the prologue's guessed indices), 7 and 40 fewer.
-  for (const int pipeline : {1, 2})
-    for (const int split_order : {1, 2})
-      for (const std::int64_t splits : {1, 2, 3, 7, 40}) {
-        Case c;
-        c.split_order = split_order;
-        c.packed = true;
-        c.q_lengths = {1, 3};
-        c.lengths = {3000, 190};
-        c.q_heads = 8;
-        c.kv_heads = 2;
-        c.density = 0.5;
-        c.forced_splits = splits;
-        c.pipeline = pipeline;
-        check_both_types(c);
-      }
+namespace {
+
+// Forced split bounds: 1 to 3 splits give CTAs of 8 to 24 kept tiles (the deep pipeline's steady state
+// runs too) and use every split (the prologue's guessed indices), 7 and 40 fewer.
+void check_forced_splits(int pipeline) {
+  for (const int split_order : {1, 2})
+    for (const std::int64_t splits : {1, 2, 3, 7, 40}) {
+      Case c;
+      c.split_order = split_order;
+      c.packed = true;
+      c.q_lengths = {1, 3};
+      c.lengths = {3000, 190};
+      c.q_heads = 8;
+      c.kv_heads = 2;
+      c.density = 0.5;
+      c.forced_splits = splits;
+      c.pipeline = pipeline;
+      check_both_types(c);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gpu decode: forced split counts, shallow pipeline (both split orders)") { check_forced_splits(1); }
+
+TEST_CASE("gpu decode: forced split counts, deep pipeline (both split orders)") { check_forced_splits(2); }
+
+TEST_CASE("gpu decode: head chunks with forced splits (head dims 64 and 128, both pipelines and split orders)") {
   for (const std::int64_t head_dim : {64, 128}) {  // head dim 64 has deeper pipelines (4 and 8 stages)
     Case c;
     c.q_lengths.assign(2, 8);
@@ -396,6 +416,9 @@ TEST_CASE(
         check_both_types(c);
       }
   }
+}
+
+TEST_CASE("gpu decode: the automatic split bound on a long context (dense and sparse)") {
   Case c;
   c.q_lengths = {1};
   c.lengths = {20000};
@@ -404,6 +427,31 @@ TEST_CASE(
   check_both_types(c);  // dense, many splits
   c.density = 0.1;
   check_both_types(c);
+}
+
+TEST_CASE("gpu decode: head-major contiguous cache [B, Hkv, S, D] (both pipelines, both split orders, dense)") {
+  for (const std::int64_t head_dim : {64, 128}) {
+    Case c;
+    c.head_major = true;
+    c.q_lengths = {2, 2};
+    c.lengths = {1500, 333};
+    c.q_heads = 16;
+    c.kv_heads = 4;
+    c.head_dim = head_dim;
+    c.density = 0.4;
+    check_both_types(c);  // automatic shape
+    c.forced_splits = 3;
+    for (const int pipeline : {1, 2})
+      for (const int split_order : {1, 2}) {
+        c.pipeline = pipeline;
+        c.split_order = split_order;
+        check_both_types(c);
+      }
+    c = Case{};
+    c.head_major = true;
+    c.head_dim = head_dim;
+    check_both_types(c);  // dense
+  }
 }
 
 TEST_CASE("gpu decode: more query rows than one tile (head chunks), non-causal, custom scale, no LSE") {
@@ -437,25 +485,37 @@ TEST_CASE("gpu decode: CUDA graph capture and replay") {
   check_both_types(c);
 }
 
-TEST_CASE("gpu decode: the AMD kernel's logic (portable tile path, 32 lanes) on NVIDIA") {
-  for (const std::int64_t head_dim : {64, 128})
-    for (const std::int32_t tokens : {1, 8}) {
-      Case c;
-      c.packed = true;
-      c.q_lengths = {tokens, 1, tokens};
-      c.lengths = {900, 37, 2000};
-      c.q_heads = 8;
-      c.kv_heads = 2;
-      c.head_dim = head_dim;
-      c.page_size = 16;
-      c.density = 0.3;
-      c.empty_rows = true;
-      c.amd_kernel = true;
-      check_both_types(c);
-      c.page_size = 0;
-      c.density = -1.0;
-      c.empty_rows = false;
-      c.forced_splits = 5;
-      check_both_types(c);
-    }
+namespace {
+
+// The AMD kernel's logic compiled for NVIDIA (portable tile path, 32 lanes).
+void check_amd_kernel(std::int64_t head_dim) {
+  for (const std::int32_t tokens : {1, 8}) {
+    Case c;
+    c.packed = true;
+    c.q_lengths = {tokens, 1, tokens};
+    c.lengths = {900, 37, 2000};
+    c.q_heads = 8;
+    c.kv_heads = 2;
+    c.head_dim = head_dim;
+    c.page_size = 16;
+    c.density = 0.3;
+    c.empty_rows = true;
+    c.amd_kernel = true;
+    check_both_types(c);
+    c.page_size = 0;
+    c.density = -1.0;
+    c.empty_rows = false;
+    c.forced_splits = 5;
+    check_both_types(c);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gpu decode: the AMD kernel's logic (portable tile path, 32 lanes) on NVIDIA, head dim 64") {
+  check_amd_kernel(64);
+}
+
+TEST_CASE("gpu decode: the AMD kernel's logic (portable tile path, 32 lanes) on NVIDIA, head dim 128") {
+  check_amd_kernel(128);
 }

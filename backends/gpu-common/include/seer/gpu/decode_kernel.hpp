@@ -4,7 +4,8 @@
 // group and the 1-8 new tokens of the sequence are the rows of one MMA tile (row r: head r / q_len,
 // token r % q_len; padded to 16, 32 or 64 rows): every K/V tile is loaded once for all of them. The
 // CTA walks its range of the row's kept 64-key tiles (seer/gpu/decode_params.hpp: splits balanced over
-// the kept tiles) with asynchronous copies in a kStages-deep shared-memory pipeline; paged caches are
+// the kept tiles) with asynchronous copies in a kStages-deep shared-memory pipeline (their L2 lines
+// marked evict-first: each K/V byte is read once per call); paged caches are
 // addressed through KvCacheView::offset, once per tile when a tile cannot straddle pages, else per
 // token row. Its 4 warps split the tile: with R row blocks of 16 rows, warp w takes row block w % R
 // and keys [(w / R) * 64 / (4 / R), ...) of every tile, with its own online softmax (base 2, fp32).
@@ -31,9 +32,6 @@
 #include "seer/gpu/decode_params.hpp"
 #include "seer/gpu/tensor_core.hpp"
 #include "seer/gpu/vendor.hpp"
-#if !defined(__HIPCC__)
-#include "seer/gpu/prefill_kernel.hpp"  // detail::load_tile_async
-#endif
 
 namespace seer::gpu {
 
@@ -87,6 +85,67 @@ __device__ inline void prefetch_to_l2(const void* address) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
 #endif
 }
+
+#if !defined(__HIPCC__)
+// The L2 eviction policy of the K/V copies (DecodeParams::kv_evict_first): evict-first or normal.
+__device__ inline std::uint64_t kv_copy_policy(bool evict_first) {
+  std::uint64_t policy;
+  if (evict_first) {
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  } else {
+    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+  }
+  return policy;
+}
+
+// A 16-byte asynchronous copy (cp.async.cg) whose L2 lines take `policy`; with `valid` false it reads
+// nothing and fills zeros.
+__device__ inline void copy_kv_16_bytes(void* shared_destination, const void* global_source, std::uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(
+                   vendor::shared_address(shared_destination)),
+               "l"(global_source), "l"(policy));
+}
+__device__ inline void copy_kv_16_bytes(void* shared_destination, const void* global_source, std::uint64_t policy,
+                                        bool valid) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(
+                   vendor::shared_address(shared_destination)),
+               "l"(global_source), "r"(valid ? 16 : 0), "l"(policy));
+}
+
+// detail::load_tile_async (seer/gpu/prefill_kernel.hpp: the same swizzled layout and walk, one add per
+// copy) with the K/V copies' L2 policy: `valid_rows` rows of a 64 x HeadDim tile, zeros after them.
+template <class Traits, class T>
+__device__ inline void load_kv_tile_async(T* shared_tile, const T* first_row, std::int64_t row_stride,
+                                          std::int64_t valid_rows, std::uint64_t policy) {
+  static_assert(Traits::kThreads % Traits::kChunksPerRow == 0, "threads must cover whole rows");
+  constexpr int kRowsPerPass = Traits::kThreads / Traits::kChunksPerRow;
+  static_assert(Traits::kTileRows % kRowsPerPass == 0, "passes must cover the tile");
+  const int chunk = static_cast<int>(threadIdx.x) % Traits::kChunksPerRow;
+  const int first = static_cast<int>(threadIdx.x) / Traits::kChunksPerRow;
+  const T* source = first_row + first * row_stride + chunk * 8;
+  const std::int64_t pass_stride = kRowsPerPass * row_stride;
+  T* const destination_row = shared_tile + first * Traits::kChunksPerRow * 8;
+  const int first_low_bits = first & 7;
+  if (valid_rows >= Traits::kTileRows) {  // every tile but a ragged tail: no predicates
+#pragma unroll
+    for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+      const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
+      copy_kv_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8, source,
+                       policy);
+      source += pass_stride;
+    }
+    return;
+  }
+#pragma unroll
+  for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+    const bool valid = first + pass * kRowsPerPass < valid_rows;
+    const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
+    copy_kv_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8,
+                     valid ? source : first_row, policy, valid);
+    source += pass_stride;
+  }
+}
+#endif  // !__HIPCC__
 
 // Fills `work` for this CTA; false when it has nothing to do (a split beyond the row's effective
 // splits, or a sequence without query tokens). `guessed[k]` receives the kept index of step k of a row
@@ -315,7 +374,7 @@ template <class T, int HeadDim, int RowBlocks, bool Deep = false>
 struct DecodeTraits {
   static_assert(HeadDim == 64 || HeadDim == 128, "the decode kernel supports head dims 64 and 128");
   static_assert(RowBlocks == 1 || RowBlocks == 2 || RowBlocks == 4, "query tiles have 16, 32 or 64 rows");
-  static constexpr int kTileRows = 64;  // keys per K/V tile (the name load_tile_async reads)
+  static constexpr int kTileRows = 64;  // keys per K/V tile (the name load_kv_tile_async reads)
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowBlocks = RowBlocks;
@@ -371,6 +430,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   }
 
   const KvCacheView<const T>& cache = params.cache;
+  const std::uint64_t kv_policy = decode_detail::kv_copy_policy(params.kv_evict_first);
   auto load_tile = [&](std::int64_t tile, int stage) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
     T* const values = keys + Traits::kTileElements;
@@ -378,8 +438,9 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     const std::int64_t valid_rows = work.cached_tokens - first_key;
     if (params.tile_in_one_page) {  // one address per tile, rows token_stride apart
       const std::int64_t offset = valid_rows > 0 ? cache.offset(work.sequence, first_key, work.kv_head) : 0;
-      detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows);
-      detail::load_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows);
+      decode_detail::load_kv_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows, kv_policy);
+      decode_detail::load_kv_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows,
+                                                kv_policy);
       return;
     }
     // Pages smaller than a tile (or not a multiple of it): each token row has its own page.
@@ -391,8 +452,8 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
       const bool valid = row < valid_rows;
       const std::int64_t offset = valid ? cache.offset(work.sequence, first_key + row, work.kv_head) + chunk * 8 : 0;
       const int destination = swizzled_offset<kChunksPerRow>(row, chunk);
-      vendor::copy_async_16_bytes(keys + destination, cache.keys + offset, valid);
-      vendor::copy_async_16_bytes(values + destination, cache.values + offset, valid);
+      decode_detail::copy_kv_16_bytes(keys + destination, cache.keys + offset, kv_policy, valid);
+      decode_detail::copy_kv_16_bytes(values + destination, cache.values + offset, kv_policy, valid);
     }
   };
 

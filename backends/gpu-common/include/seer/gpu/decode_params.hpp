@@ -65,6 +65,9 @@ struct DecodeParams {
   bool deep_pipeline = false;    // host-side: launch the one-CTA-per-multiprocessor kernel (more tiles in flight)
   // A CTA takes a contiguous range of its row's tiles instead of every effective_splits-th one.
   bool contiguous_splits = false;
+  // K/V copies ask the L2 to evict their lines first (NVIDIA; the AMD kernel ignores it): see
+  // DecodeLaunchShape::kv_evict_first.
+  bool kv_evict_first = true;
   float scale_log2 = 0.0f;  // softmax_scale * log2(e)
 
   // Partial rows are indexed (sequence, token, query head) with the token below max_query_tokens,
@@ -110,6 +113,10 @@ struct DecodeLaunchShape {
   std::int64_t splits = 1;
   bool deep_pipeline = false;      // one CTA per multiprocessor with more K/V tiles in flight
   bool contiguous_splits = false;  // each CTA one contiguous range of its row's tiles (else interleaved)
+  // Each K/V byte is read once per call: its L2 lines are marked evict-first, so that the call's misses
+  // replace its own spent lines instead of what else the L2 holds (dirty lines of earlier kernels, each
+  // of which would cost a write-back to DRAM, and data the next kernels read again).
+  bool kv_evict_first = true;
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -288,6 +295,7 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
   params.splits = shape.splits;
   params.deep_pipeline = shape.deep_pipeline;
   params.contiguous_splits = shape.contiguous_splits;
+  params.kv_evict_first = shape.kv_evict_first;
   params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
   params.scale_log2 = static_cast<float>(options.scale_for(q.head_dim) * 1.4426950408889634);
   require(cache.heads * shape.head_chunks <= 65535, "cache", "has ", cache.heads,
