@@ -78,7 +78,7 @@ fi
 if has bench; then
   start=$SECONDS
   # BENCH_ARGS: extra options of bench_decode.py (variants, fewer SDPA backends, ...)
-  PYTHONUNBUFFERED=1 timeout 240 python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --out "$OUT" ${BENCH_ARGS:-} \
+  PYTHONUNBUFFERED=1 timeout "${BENCH_SECONDS:-240}" python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --out "$OUT" ${BENCH_ARGS:-} \
     >"$OUT/bench_decode.log" 2>&1 || { status=1; tail -30 "$OUT/bench_decode.log"; }
   echo "bench: $((SECONDS - start)) s"
 fi
@@ -157,7 +157,8 @@ if has profile; then  # ncu, clocks left alone (--clock-control none)
     python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --profile --batches ${PROFILE_BATCHES:-1,16} \
     --contexts 32768 --densities 0.1 --variants "${PROFILE_VARIANTS:-}" >"$OUT/ncu_dram.log" 2>&1 || echo "ncu dram: rc=$?"
   grep -E "sparse_decode_kernel|gpu__time|dram__bytes|launch__grid" "$OUT/ncu_dram.log" |
-    sed -E 's/sparse_decode_kernel<([^>]*)>.*/sparse_decode_kernel<\1>/' | head -80
+    sed -E 's/void seer::gpu::sparse_decode_kernel<seer::bfloat16, /decode</; s/\(seer::gpu::DecodeParams<T1>\) //; s/, Context.*//' |
+    head -80
   # (2) where a batch-1 CTA's warps wait: warp states and source-level stall samples of one automatic launch.
   timeout 75 ncu --clock-control none --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 \
     --section WarpStateStats --section SourceCounters --section SchedulerStats --section MemoryWorkloadAnalysis \
