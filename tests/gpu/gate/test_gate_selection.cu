@@ -273,7 +273,8 @@ TEST_CASE("gpu gate: logits in workspace slices (rows too long for shared memory
   check_all_policies<bfloat16>(c, limits);
 }
 
-TEST_CASE("gpu gate: a too small key_blocks capacity sets the overflow flag and keeps rows readable") {
+TEST_CASE(
+    "gpu gate: a too small key_blocks capacity sets the overflow flag and keeps rows readable (Threshold, TopK)") {
   if (!gate_test::have_device()) {
     MESSAGE("no usable CUDA device: GPU test skipped");
     return;
@@ -283,20 +284,25 @@ TEST_CASE("gpu gate: a too small key_blocks capacity sets the overflow flag and 
   const GateCase c = padded_case(2000, 2, 2);
   GateFixture<bfloat16> fixture(c, seed, cuda::device_limits());
   fixture.check_features();
-  const Threshold policy{0.5};
   ForcedBlocks every_row_dense;  // every visible block of every row: rows 0, 1, 2, ...
   every_row_dense.dense_last_rows = 1 << 20;
-  const std::int64_t bound = cuda::selected_blocks_bound(fixture.sequences(), c.q_heads, policy, every_row_dense);
-  const std::int64_t capacity = bound / 3;
-  const auto gpu = fixture.check_selection(policy, every_row_dense, capacity, true);
-  std::int64_t bad = 0;
-  for (std::size_t r = 0; r + 1 < gpu.row_offsets.size(); ++r) {
-    if (gpu.row_offsets[r] > gpu.row_offsets[r + 1] || gpu.row_offsets[r + 1] > capacity) ++bad;
-    for (std::int64_t i = gpu.row_offsets[r]; i < gpu.row_offsets[r + 1]; ++i)
-      if (gpu.key_blocks[i] != i - gpu.row_offsets[r]) ++bad;  // prefixes of 0, 1, 2, ...
-  }
-  CHECK(bad == 0);
-  CHECK(gpu.row_offsets.back() == capacity);
+  // Both ways rows are placed: a count pass and a scan (Threshold), and TopK's layout from the geometry.
+  const auto check_cut_rows = [&](const auto& policy) {
+    const std::int64_t bound = cuda::selected_blocks_bound(fixture.sequences(), c.q_heads, policy, every_row_dense);
+    const std::int64_t capacity = bound / 3;
+    const auto gpu = fixture.check_selection(policy, every_row_dense, capacity, true);
+    std::int64_t bad = 0;
+    for (std::size_t r = 0; r + 1 < gpu.row_offsets.size(); ++r) {
+      if (gpu.row_offsets[r] > gpu.row_offsets[r + 1] || gpu.row_offsets[r + 1] > capacity) ++bad;
+      for (std::int64_t i = gpu.row_offsets[r]; i < gpu.row_offsets[r + 1]; ++i)
+        if (gpu.key_blocks[i] != i - gpu.row_offsets[r]) ++bad;  // prefixes of 0, 1, 2, ...
+    }
+    CHECK(bad == 0);
+    CHECK(gpu.row_offsets.front() == 0);
+    CHECK(gpu.row_offsets.back() == capacity);
+  };
+  check_cut_rows(Threshold{0.5});
+  check_cut_rows(TopK::target_density(0.1));
 }
 
 TEST_CASE("gpu gate: 128k tokens x 2 heads, every row (TopK 0.1, Threshold, Nucleus)") {

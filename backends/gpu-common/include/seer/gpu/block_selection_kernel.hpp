@@ -98,6 +98,15 @@ struct SelectionOutput {
   std::int32_t* overflow = nullptr;             // [1]: 1 when the kept blocks exceeded key_block_capacity
 };
 
+// Where TopK rows go, known from the geometry alone: prefix[b * stride + m] = kept blocks of one head's rows
+// of sequence b before query block m (m up to the sequence's query blocks: the last entry is the head's
+// total). Row (b, h, m) starts at heads * (totals of the sequences before b) + h * total_b + prefix_b(m), so
+// the selection kernel places its rows itself: no row-size pass and no scan over all rows.
+struct TopKRowLayout {
+  std::int64_t* prefix = nullptr;  // [batch][stride], written by block_layout_kernel<TopK>
+  std::int64_t stride = 0;         // max query blocks + 1
+};
+
 template <class Policy>
 struct SelectionParams {
   GateFeatures features;  // read only
@@ -105,6 +114,7 @@ struct SelectionParams {
   Policy policy;
   ForcedBlocks forced;
   SelectionOutput output;
+  TopKRowLayout top_k;             // TopK: the rows' places (its selection has no count pass)
   bool write = false;              // false: count pass (row sizes into row_offsets[row + 1])
   int rows_per_item = 1;           // R <= kSelectionMaxRows, and R <= 2 * kGateThreads / key_tile
   int key_tile = 32;               // key blocks per shared tile: 64 on NVIDIA; 32 (16 rows) or 64 (8 rows) on AMD
@@ -691,39 +701,28 @@ SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, 
   return kSelectionMaxRows * dim + keys_per_tile * (dim + 4);
 }
 #else
-// NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). Shared tiles:
-// the 16 query rows as two planes in fragment order (their big and small parts, split once: all 8 warps
-// read them), and 64 keys at padded_row_stride(dim), both with zeros past dim (and in query rows past the
-// item's), so that the reduction runs over whole 16-float chunks. Warp w computes the 16 x 8 block of keys
-// 8w .. 8w + 7 of each 64-key tile. Half of the next tile's keys are loaded into registers while the current
-// one is multiplied.
+// NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). The 16 query rows
+// sit in shared memory as two planes in fragment order (their big and small parts, split once: all 8 warps
+// read them), with zeros past dim and past the item's rows. The keys are not staged: warp w walks the
+// 8-key tiles w, w + 8, ... of the item's visible keys and loads its B operands straight from the row-major
+// key features (lane (g, t)'s 16 bytes of chunk c of key tile n lie at (8n + g) * dim + 16c + 4t, so a
+// warp's load covers 8 keys x 64 contiguous bytes: whole 32-byte sectors), the next tile's in flight while
+// it multiplies the current one. No barrier until the logits are complete.
 __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, float* tiles) {
-  static_assert(kGateThreads / 32 * 8 == kSelectionTensorKeyTile, "8 warps x 8 keys per key tile");
-  static_cast<void>(keys_per_tile);  // always kSelectionTensorKeyTile here
-  constexpr int kKeys = kSelectionTensorKeyTile;
-  constexpr int kStagedVectors = 4;  // of the next key tile, in registers during the multiply (half a 64 x 128 tile)
+  static_cast<void>(keys_per_tile);
+  constexpr int kChunksPerPass = 4;  // 16-float chunks of a key tile in registers at once (dim 128: half)
+  constexpr int kWarps = kGateThreads / 32;
   const GateFeatures& features = item.features;
   const int dim = static_cast<int>(features.dim);
   const int depth = (dim + 15) / 16 * 16;
   const int stride = padded_row_stride(dim);
   float* query_big = tiles;
   float* query_small = query_big + kSelectionMaxRows * stride;
-  float* key_tile = query_small + kSelectionMaxRows * stride;
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
-  const int vectors = dim / 4;            // 16-byte vectors per feature row (dim is a multiple of 8)
-  const int stride_vectors = stride / 4;  // of a key tile row
-  // Row of 16-byte vector i of a tile, i / vectors, without a division: i < 64 * 64 and vectors <= 64, so
-  // (i + 0.5) / vectors stays at least 1/128 away from an integer and fp32 rounding cannot cross one.
-  const float inverse_vectors = 1.0f / static_cast<float>(vectors);
-  const auto row_of = [&](int i) { return static_cast<int>((static_cast<float>(i) + 0.5f) * inverse_vectors); };
-  const auto tile_at = [&](int i) {  // float offset of vector i in a tile
-    const int row = row_of(i);
-    return 4 * (row * stride_vectors + (i - row * vectors));
-  };
+  const int vectors = dim / 4;  // 16-byte vectors per feature row (dim is a multiple of 8)
   const std::int64_t key_head = features.key_head_of(item.h);
-  // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows), and the
-  // zero columns [dim, depth) of the key tile (never written by the key loads).
+  // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows).
   const float* query = features.query + features.query_offset(item.b, item.h, item.m0);
   const int depth_vectors = depth / 4;
   for (int i = thread; i < kSelectionMaxRows * depth_vectors; i += kGateThreads) {
@@ -735,61 +734,78 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
     store_left_fragment(query_big, query_small, row, 4 * v + 2, value.z);
     store_left_fragment(query_big, query_small, row, 4 * v + 3, value.w);
   }
-  if (depth != dim) {
-    for (int row = thread; row < kKeys; row += kGateThreads) {
-      *reinterpret_cast<float4*>(key_tile + row * stride + dim) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      *reinterpret_cast<float4*>(key_tile + row * stride + dim + 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  }
+  __syncthreads();  // the query planes are complete
 
-  const int tile_vectors = kKeys * vectors;
   const float* key_features = features.key + features.key_offset(item.b, key_head, 0);
-  float4 staged[kStagedVectors];
-  auto load_tile = [&](std::int64_t key_first) {
-    const float* source = key_features + key_first * dim;
-    const std::int64_t valid_vectors = (item.last_visible - key_first) * vectors;
-#pragma unroll
-    for (int j = 0; j < kStagedVectors; ++j) {
-      const int i = thread + j * kGateThreads;
-      staged[j] = i < tile_vectors && i < valid_vectors ? *reinterpret_cast<const float4*>(source + 4 * i)
-                                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  };
-  // This lane's accumulators after the multiply: rows g and g + 8, keys 8 * warp + 2t and + 1.
   const int g = lane / 4, t = lane % 4;
-  const std::int64_t visible_upper = g < item.rows ? item.row_visible[g] : 0;
-  const std::int64_t visible_lower = g + 8 < item.rows ? item.row_visible[g + 8] : 0;
+  const int visible_upper = g < item.rows ? item.row_visible[g] : 0;
+  const int visible_lower = g + 8 < item.rows ? item.row_visible[g + 8] : 0;
   float* out_upper = item.logits + static_cast<std::int64_t>(g) * item.row_stride;
   float* out_lower = item.logits + static_cast<std::int64_t>(g + 8) * item.row_stride;
-  load_tile(0);
-  for (std::int64_t key_first = 0; key_first < item.last_visible; key_first += kKeys) {
-    __syncthreads();  // the key tile is free
+  const LeftFragments left{query_big, query_small};
+
+  // A pass: chunks [chunk, chunk + kChunksPerPass) of key tile `tile` (dim 128: two passes per tile; eight
+  // chunks at once spilled), loaded from one address with constant offsets. Lanes of keys past the item's
+  // last visible one read that key instead: their dots are never stored, and the other keys' dots do not
+  // depend on them. Ragged dims (dim = 8 mod 16: the last chunk's second half lies past the row) read the
+  // 8 columns before instead, finite values that meet zeros in the query planes.
+  const int chunks = depth / 16;
+  const bool ragged = depth != dim;
+  const int key_tiles = static_cast<int>((item.last_visible + 7) / 8);
+  const int last_key = static_cast<int>(item.last_visible) - 1;
+  auto fetch = [&](int tile, int chunk, float4(&into)[kChunksPerPass]) {
+    const int key = 8 * tile + g < last_key ? 8 * tile + g : last_key;
+    const float* at = key_features + static_cast<std::int64_t>(key) * dim + 16 * chunk + 4 * t;
 #pragma unroll
-    for (int j = 0; j < kStagedVectors; ++j) {
-      const int i = thread + j * kGateThreads;
-      if (i < tile_vectors) *reinterpret_cast<float4*>(key_tile + tile_at(i)) = staged[j];
+    for (int c = 0; c < kChunksPerPass; ++c) {
+      if (chunk + c >= chunks) break;  // uniform across the warp
+      const int back = ragged && 16 * (chunk + c) + 4 * t >= dim ? 8 : 0;
+      into[c] = *reinterpret_cast<const float4*>(at + 16 * c - back);
     }
-    // The rest of the tile is loaded as it is stored.
-    const std::int64_t valid_vectors = (item.last_visible - key_first) * vectors;
-    for (int i = thread + kStagedVectors * kGateThreads; i < tile_vectors; i += kGateThreads)
-      *reinterpret_cast<float4*>(key_tile + tile_at(i)) =
-          i < valid_vectors ? *reinterpret_cast<const float4*>(key_features + key_first * dim + 4 * i)
-                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    __syncthreads();
-    if (key_first + kKeys < item.last_visible) load_tile(key_first + kKeys);
-    DotAccumulators<1, 6> dots;  // one 16 x 8 tile per warp: six chains keep the tensor cores busy
-    accumulate_dots(dots, LeftFragments{query_big, query_small}, Fp32Rows{key_tile + 8 * warp * stride, stride}, depth);
-    const std::int64_t n = key_first + 8 * warp + 2 * t;
-    if (n < visible_upper) out_upper[n] = dots.total(0, 0) * features.scale;
-    if (n + 1 < visible_upper) out_upper[n + 1] = dots.total(0, 1) * features.scale;
-    if (n < visible_lower) out_lower[n] = dots.total(0, 2) * features.scale;
-    if (n + 1 < visible_lower) out_lower[n + 1] = dots.total(0, 3) * features.scale;
+  };
+  DotAccumulators<1, 3> dots;  // one 16 x 8 tile per warp, over three independent chains
+  // One pass: multiplies `now` (the pass at tile, chunk), advances to the next pass and loads it into `next`.
+  int tile = warp, chunk = 0;
+  auto pass = [&](const float4(&now)[kChunksPerPass], float4(&next)[kChunksPerPass]) {
+    const int now_tile = tile, now_chunk = chunk;
+    chunk += kChunksPerPass;
+    if (chunk >= chunks) chunk = 0, tile += kWarps;
+    if (tile < key_tiles) fetch(tile, chunk, next);
+#pragma unroll
+    for (int c = 0; c < kChunksPerPass; ++c) {
+      if (now_chunk + c >= chunks) break;  // uniform across the warp
+      SplitTf32 first[4], second[4];
+      LeftFragments::fragments(left.fetch(16 * (now_chunk + c)), first, second);
+      SplitTf32 column[4];
+      Fp32Rows::split(now[c], column);
+      const SplitTf32 b_first[2] = {column[0], column[1]};
+      const SplitTf32 b_second[2] = {column[2], column[3]};
+      multiply_split(dots, 0, 0, first, b_first);
+      multiply_split(dots, 0, 1, second, b_second);
+    }
+    if (now_chunk + kChunksPerPass >= chunks) {  // the tile's dots are complete
+      const int n = 8 * now_tile + 2 * t;
+      if (n < visible_upper) out_upper[n] = dots.total(0, 0) * features.scale;
+      if (n + 1 < visible_upper) out_upper[n + 1] = dots.total(0, 1) * features.scale;
+      if (n < visible_lower) out_lower[n] = dots.total(0, 2) * features.scale;
+      if (n + 1 < visible_lower) out_lower[n + 1] = dots.total(0, 3) * features.scale;
+      dots = DotAccumulators<1, 3>();
+    }
+  };
+  // Two register buffers take turns (no copies between passes).
+  float4 even[kChunksPerPass], odd[kChunksPerPass];
+  if (tile < key_tiles) fetch(tile, chunk, even);
+  while (tile < key_tiles) {
+    pass(even, odd);
+    if (tile >= key_tiles) break;
+    pass(odd, even);
   }
 }
 
 // Shared floats of item_logits' tiles.
 SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile) {
-  return (2 * kSelectionMaxRows + keys_per_tile) * padded_row_stride(static_cast<int>(dim));
+  static_cast<void>(keys_per_tile);  // no key tiles: the query planes only
+  return 2 * kSelectionMaxRows * padded_row_stride(static_cast<int>(dim));
 }
 #endif
 
@@ -868,15 +884,43 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
       __syncthreads();  // logits complete (global slices too: the barrier orders the CTA's own writes)
     }
 
+    // TopK: the kept blocks of all heads of the sequences before b (the warp's lanes add their totals).
+    std::int64_t sequence_base = 0;
+    const std::int64_t* top_k_prefix = nullptr;
+    if constexpr (std::is_same_v<Policy, TopK>) {
+      top_k_prefix = params.top_k.prefix + b * params.top_k.stride;
+      std::uint64_t before = 0;
+      for (std::int64_t earlier = vendor::lane_index(); earlier < b; earlier += vendor::warp_size) {
+        const std::int64_t blocks =
+            params.output.query_block_offsets[earlier + 1] - params.output.query_block_offsets[earlier];
+        before += static_cast<std::uint64_t>(params.top_k.prefix[earlier * params.top_k.stride + blocks]);
+      }
+      if (b > 0) sequence_base = heads * static_cast<std::int64_t>(detail::warp_sum_u64(before));
+    }
     for (int r = warp; r < rows; r += kWarps) {
       const std::int64_t row = first_row + r;
       const detail::RowView view = row_views[r];
       std::int32_t* out = nullptr;
       std::int64_t capacity = 0;
       if (params.write) {
-        const std::int64_t begin = params.output.row_offsets[row];
+        std::int64_t begin = 0, end = 0;
+        if constexpr (std::is_same_v<Policy, TopK>) {
+          // The row's place from the layout, clamped to the capacity as scan_rows_kernel clamps offsets.
+          const std::int64_t limit = params.output.key_block_capacity;
+          begin = sequence_base + h * top_k_prefix[query_blocks] + top_k_prefix[m0 + r];
+          end = begin + top_k_prefix[m0 + r + 1] - top_k_prefix[m0 + r];
+          if (vendor::lane_index() == 0) {
+            params.output.row_offsets[row + 1] = end < limit ? end : limit;
+            if (end > limit) *params.output.overflow = 1;
+          }
+          begin = begin < limit ? begin : limit;
+          end = end < limit ? end : limit;
+        } else {
+          begin = params.output.row_offsets[row];
+          end = params.output.row_offsets[row + 1];
+        }
         out = params.output.key_blocks + begin;
-        capacity = params.output.row_offsets[row + 1] - begin;
+        capacity = end - begin;
       }
       std::int64_t kept = 0;
       if (view.visible <= 0) {
@@ -889,22 +933,6 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
       if (!params.write && vendor::lane_index() == 0) params.output.row_offsets[row + 1] = kept;
     }
   }
-}
-
-// Grid (ceil(max_query_blocks / kGateThreads), heads, batch): row_offsets[row + 1] = TopK row size.
-// (Kernels in this header are templates, even where one instantiation is used, so that the header can
-// be included by several translation units of a program.)
-template <class Policy>
-__global__ void __launch_bounds__(kGateThreads)
-    row_sizes_kernel(const GateSequences sequences, const std::int64_t heads, const Policy policy,
-                     const ForcedBlocks forced, const SelectionOutput output) {
-  static_assert(std::is_same_v<Policy, TopK>, "only TopK row sizes follow from the geometry alone");
-  const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * kGateThreads + threadIdx.x;
-  const std::int64_t h = blockIdx.y, b = blockIdx.z;
-  const BlockGeometry g = sequences.geometry(b);
-  if (m >= g.query_blocks()) return;
-  const std::int64_t row = heads * output.query_block_offsets[b] + h * g.query_blocks() + m;
-  output.row_offsets[row + 1] = top_k_row_size(policy, forced, g, m);
 }
 
 namespace detail {
@@ -927,27 +955,69 @@ __device__ inline std::int64_t block_inclusive_sum(std::int64_t value, std::int6
 
 }  // namespace detail
 
-// One CTA: query_block_offsets[b] = sum of query blocks of sequences < b, and clears the overflow flag.
-template <int Threads>
-__global__ void __launch_bounds__(Threads)
-    block_layout_kernel(const GateSequences sequences, const SelectionOutput output) {
-  static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
+// CTA 0: query_block_offsets[b] = sum of query blocks of sequences < b, row_offsets[0] = 0, and clears the
+// overflow flag. TopK (grid: one CTA per sequence): CTA b also writes its sequence's TopKRowLayout prefix,
+// kScanTile / kGateThreads rows per thread and a CTA scan per kScanTile rows.
+template <class Policy>
+__global__ void __launch_bounds__(kGateThreads)
+    block_layout_kernel(const GateSequences sequences, const SelectionOutput output, const Policy policy,
+                        const ForcedBlocks forced, const TopKRowLayout top_k) {
   __shared__ std::int64_t scan[kGateThreads];
   __shared__ std::int64_t tile_total;
-  if (threadIdx.x == 0) {
-    output.query_block_offsets[0] = 0;
-    *output.overflow = 0;
+  const int thread = static_cast<int>(threadIdx.x);
+  if (blockIdx.x == 0) {
+    if (thread == 0) {
+      output.query_block_offsets[0] = 0;
+      output.row_offsets[0] = 0;
+      *output.overflow = 0;
+    }
+    std::int64_t base = 0;
+    for (std::int64_t first = 0; first < sequences.batch; first += kGateThreads) {
+      const std::int64_t b = first + thread;
+      const std::int64_t blocks = b < sequences.batch ? sequences.geometry(b).query_blocks() : 0;
+      const std::int64_t inclusive = detail::block_inclusive_sum(blocks, scan) + base;
+      if (b < sequences.batch) output.query_block_offsets[b + 1] = static_cast<std::int32_t>(inclusive);
+      if (thread == kGateThreads - 1) tile_total = inclusive;  // the next tile starts after this one
+      __syncthreads();
+      base = tile_total;
+      __syncthreads();
+    }
   }
-  std::int64_t base = 0;
-  for (std::int64_t first = 0; first < sequences.batch; first += kGateThreads) {
-    const std::int64_t b = first + threadIdx.x;
-    const std::int64_t blocks = b < sequences.batch ? sequences.geometry(b).query_blocks() : 0;
-    const std::int64_t inclusive = detail::block_inclusive_sum(blocks, scan) + base;
-    if (b < sequences.batch) output.query_block_offsets[b + 1] = static_cast<std::int32_t>(inclusive);
-    if (threadIdx.x == kGateThreads - 1) tile_total = inclusive;  // the next tile starts after this one
-    __syncthreads();
-    base = tile_total;
-    __syncthreads();
+  if constexpr (std::is_same_v<Policy, TopK>) {
+    constexpr int kPerThread = kScanTile / kGateThreads;
+    const std::int64_t b = blockIdx.x;
+    const BlockGeometry g = sequences.geometry(b);
+    const std::int64_t blocks = g.query_blocks();
+    std::int64_t* prefix = top_k.prefix + b * top_k.stride;
+    if (thread == 0) prefix[0] = 0;
+    __shared__ std::int64_t tile_sizes[kScanTile];
+    std::int64_t running = 0;
+    for (std::int64_t first = 0; first < blocks; first += kScanTile) {
+      // Sizes computed with the rows spread over all threads (a short sequence keeps every thread busy),
+      // then scanned kPerThread consecutive rows per thread.
+      for (int i = thread; i < kScanTile; i += kGateThreads)
+        tile_sizes[i] = first + i < blocks ? top_k_row_size(policy, forced, g, first + i) : 0;
+      __syncthreads();
+      const std::int64_t mine = first + static_cast<std::int64_t>(thread) * kPerThread;
+      std::int64_t sizes[kPerThread];
+      std::int64_t sum = 0;
+      for (int i = 0; i < kPerThread; ++i) {
+        sizes[i] = tile_sizes[thread * kPerThread + i];
+        sum += sizes[i];
+      }
+      const std::int64_t inclusive = detail::block_inclusive_sum(sum, scan);
+      std::int64_t at = running + inclusive - sum;  // sizes before this thread's rows
+      for (int i = 0; i < kPerThread && mine + i < blocks; ++i) {
+        at += sizes[i];
+        prefix[mine + i + 1] = at;
+      }
+      if (thread == kGateThreads - 1) tile_total = inclusive;
+      __syncthreads();
+      running += tile_total;
+      __syncthreads();
+    }
+  } else {
+    static_cast<void>(policy), static_cast<void>(forced), static_cast<void>(top_k);
   }
 }
 

@@ -18,8 +18,9 @@
 //   features: pool Q (and RoPE it right away when the gate has no q projection), pool K, the RoPE table,
 //             project K (+ Q in the double-linear layout) with RoPE; or, from pre-pooled features, the table
 //             and the projections
-//   select:   query_block_offsets; row sizes (TopK: from the geometry; Threshold / Nucleus: a counting
-//             pass of the selection kernel); scan into row_offsets; the selection kernel's writing pass.
+//   select:   query_block_offsets (TopK: with each sequence's row places, from the geometry); Threshold /
+//             Nucleus: a counting pass of the selection kernel and a scan of its sizes into row_offsets;
+//             the selection kernel's writing pass (TopK: it places its rows and writes row_offsets).
 //
 // Key-block capacity: TopK rows have known sizes (selected_blocks_bound is exact for them); Threshold and
 // Nucleus can keep up to every visible block (the bound is the causal triangle, 0.5 GiB per head at 1M
@@ -278,6 +279,7 @@ class GateSelectionPlan {
     key_features_at_ = reserve(batch_ * key_heads_ * max_key_blocks_ * dim_ * f);
     tile_totals_at_ =
         reserve((row_bound() + kScanTile - 1) / kScanTile * static_cast<std::int64_t>(sizeof(std::int64_t)));
+    top_k_prefix_at_ = reserve(batch_ * (max_query_blocks_ + 1) * static_cast<std::int64_t>(sizeof(std::int64_t)));
     rope_table_at_ = reserve(rope_table(GateWorkspace{}).entry_count() * 8);
     global_logits_at_ = reserve(logits_in_shared_ ? 0 : grid_ * rows_per_item_ * row_stride_ * f);
   }
@@ -324,6 +326,9 @@ class GateSelectionPlan {
   std::int64_t* tile_totals(const GateWorkspace& workspace) const {
     return at<std::int64_t>(workspace, tile_totals_at_);
   }
+  TopKRowLayout top_k_layout(const GateWorkspace& workspace) const {
+    return TopKRowLayout{at<std::int64_t>(workspace, top_k_prefix_at_), max_query_blocks_ + 1};
+  }
   float* global_logits(const GateWorkspace& workspace) const {
     return logits_in_shared_ ? nullptr : at<float>(workspace, global_logits_at_);
   }
@@ -369,7 +374,7 @@ class GateSelectionPlan {
   std::int64_t warps_ = kGateThreads / 32;
   std::int64_t workspace_bytes_ = 0;
   std::int64_t pooled_query_at_ = 0, pooled_key_at_ = 0, query_features_at_ = 0, key_features_at_ = 0,
-               tile_totals_at_ = 0, global_logits_at_ = 0, rope_table_at_ = 0;
+               tile_totals_at_ = 0, global_logits_at_ = 0, rope_table_at_ = 0, top_k_prefix_at_ = 0;
 };
 
 // Kept blocks a selection can write for these (host-known) sequences: exact for TopK, the worst case
@@ -678,7 +683,11 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   const BlockSetView view{output.row_offsets, output.key_blocks, output.query_block_offsets,
                           plan.batch(),       plan.heads(),      plan.block_size()};
 
-  block_layout_kernel<kGateThreads><<<1, kGateThreads, 0, stream>>>(sequences, out);
+  // TopK: one layout CTA per sequence (the rows' places); other policies: one CTA.
+  const TopKRowLayout top_k = plan.top_k_layout(workspace);
+  const std::int64_t layout_ctas = std::is_same_v<Policy, TopK> ? std::max<std::int64_t>(1, plan.batch()) : 1;
+  block_layout_kernel<Policy>
+      <<<detail::grid_of(layout_ctas, 1, 1), kGateThreads, 0, stream>>>(sequences, out, policy, forced, top_k);
   vendor::check_last_launch("block_layout_kernel launch");
   if (plan.batch() == 0 || plan.max_query_blocks() == 0) return view;
 
@@ -695,23 +704,20 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   params.items = plan.items();
   params.item_tiles = plan.item_tiles();
 
-  // Row sizes: from the geometry (TopK), or a counting pass of the selection.
-  if constexpr (std::is_same_v<Policy, TopK>) {
-    row_sizes_kernel<TopK>
-        <<<detail::grid_of((plan.max_query_blocks() + kGateThreads - 1) / kGateThreads, plan.heads(), plan.batch()),
-           kGateThreads, 0, stream>>>(sequences, plan.heads(), policy, forced, out);
-    vendor::check_last_launch("row_sizes_kernel launch");
-  } else {
+  params.top_k = top_k;
+  // Row places: TopK's come from the layout; other policies count their rows in a first pass of the
+  // selection, then scan the sizes into row_offsets.
+  if constexpr (!std::is_same_v<Policy, TopK>) {
     params.write = false;
     detail::launch_selection(plan, params, stream);
+    const std::int64_t tiles = (plan.row_bound() + kScanTile - 1) / kScanTile;
+    scan_tile_totals_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
+        plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
+    vendor::check_last_launch("scan_tile_totals_kernel launch");
+    scan_rows_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
+        plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
+    vendor::check_last_launch("scan_rows_kernel launch");
   }
-  const std::int64_t tiles = (plan.row_bound() + kScanTile - 1) / kScanTile;
-  scan_tile_totals_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
-      plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
-  vendor::check_last_launch("scan_tile_totals_kernel launch");
-  scan_rows_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
-      plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
-  vendor::check_last_launch("scan_rows_kernel launch");
   params.write = true;
   detail::launch_selection(plan, params, stream);
   return view;
