@@ -113,6 +113,9 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
     gpu::vendor::fill_device_bytes(reinterpret_cast<unsigned char*>(workspace.get()) + counter_offset, 0,
                                    static_cast<std::size_t>(counters) * 4, "zero the completion counters");
 
+  // The uploads, poisons and the counters' memset ran on the legacy default stream (cudaMemset of device
+  // memory returns before it is done), which a non-blocking stream does not wait for: finish them first.
+  gpu::vendor::check(cudaDeviceSynchronize(), "finish the uploads and fills before the decode call");
   Stream stream;
   auto enqueue = [&](cudaStream_t on) {
     if (call.amd_kernel) {
