@@ -78,7 +78,8 @@ fi
 if has bench; then
   start=$SECONDS
   # BENCH_ARGS: extra options of bench_decode.py (variants, fewer SDPA backends, ...)
-  PYTHONUNBUFFERED=1 timeout "${BENCH_SECONDS:-240}" python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --out "$OUT" ${BENCH_ARGS:-} \
+  PYTHONUNBUFFERED=1 timeout "${BENCH_SECONDS:-240}" python3 bench/gpu/decode/bench_decode.py --library $LIBRARY \
+    --out "$OUT" ${BENCH_ARGS:-} \
     >"$OUT/bench_decode.log" 2>&1 || { status=1; tail -30 "$OUT/bench_decode.log"; }
   echo "bench: $((SECONDS - start)) s"
 fi
@@ -108,7 +109,8 @@ sanitize_cases() {  # every case of both suites in its own process, under memche
   }
   export -f run_job; export dir
   awk -F'\t' '{ print $1 "\t" $2 "\t" $3 "\t" NR }' "$jobs" |
-    xargs -P "${SANITIZE_JOBS:-16}" -d '\n' -n 1 bash -c 'IFS=$(printf "\t") read -r t b f i <<<"$0"; run_job "$t" "$b" "$f" "$i"'
+    xargs -P "${SANITIZE_JOBS:-16}" -d '\n' -n 1 \
+      bash -c 'IFS=$(printf "\t") read -r t b f i <<<"$0"; run_job "$t" "$b" "$f" "$i"'
   python3 - "$dir" <<'PY'
 import glob, os, re, sys
 summary = {}
@@ -161,9 +163,11 @@ if has profile; then  # ncu, clocks left alone (--clock-control none)
   timeout 60 ncu --clock-control none --cache-control none --kernel-name regex:sparse_decode \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
     python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --profile --batches ${PROFILE_BATCHES:-1,16} \
-    --contexts 32768 --densities 0.1 --variants "${PROFILE_VARIANTS:-}" >"$OUT/ncu_dram.log" 2>&1 || echo "ncu dram: rc=$?"
+    --contexts 32768 --densities 0.1 --variants "${PROFILE_VARIANTS:-}" >"$OUT/ncu_dram.log" 2>&1 ||
+    echo "ncu dram: rc=$?"
   grep -E "sparse_decode_kernel|gpu__time|dram__bytes|launch__grid" "$OUT/ncu_dram.log" |
-    sed -E 's/void seer::gpu::sparse_decode_kernel<seer::bfloat16, /decode</; s/\(seer::gpu::DecodeParams<T1>\) //; s/, Context.*//' |
+    sed -E 's/void seer::gpu::sparse_decode_kernel<seer::bfloat16, /decode</' |
+    sed -E 's/\(seer::gpu::DecodeParams<T1>\) //; s/, Context.*//' |
     head -80
   # (2) where a batch-1 CTA's warps wait: warp states and source-level stall samples of one automatic launch.
   timeout 75 ncu --clock-control none --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 \

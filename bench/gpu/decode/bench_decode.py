@@ -141,11 +141,12 @@ def main():
                         help="forced split bounds also timed at density 0.1 (diagnostics; the table reports the "
                              "automatic choice)")
     parser.add_argument("--variants", default="",
-                        help="kernel variants also timed at density 0.1, comma-separated PIPELINE/ORDER/SPLITS[/OPTIONS] "
-                             "with PIPELINE auto|shallow|deep, ORDER auto|inter|contig (interleaved or contiguous "
-                             "splits), SPLITS 0 (automatic) or a bound, OPTIONS '+'-joined: hm (a head-major cache "
-                             "[B, Hkv, S, D], SDPA's layout, instead of the token-major [B, S, Hkv, D]), normal / ef "
-                             "(K/V lines in the L2 with the normal / evict-first policy; default: the library's choice); "
+                        help="kernel variants also timed at density 0.1, comma-separated "
+                             "PIPELINE/ORDER/SPLITS[/OPTIONS] with PIPELINE auto|shallow|deep, ORDER auto|inter|contig "
+                             "(interleaved or contiguous splits), SPLITS 0 (automatic) or a bound, OPTIONS '+'-joined: "
+                             "hm (a head-major cache [B, Hkv, S, D], SDPA's layout, instead of the token-major "
+                             "[B, S, Hkv, D]), normal / ef (K/V lines in the L2 with the normal / evict-first policy; "
+                             "default: the library's choice); "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
                              "context, e.g. 1x32k@deep/contig/16)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
