@@ -64,16 +64,21 @@ SEER_HOST_DEVICE inline std::int64_t forced_block_count(const ForcedBlocks& forc
 
 // Blocks a TopK row keeps: the whole visible row when dense, else the forced blocks plus the best
 // budget - forced others (TopK::select).
+// From the row's counts (the budget is TopK::budget of its sequence):
+SEER_HOST_DEVICE inline std::int64_t top_k_kept(std::int64_t visible, bool dense, std::int64_t forced_count,
+                                                std::int64_t budget) {
+  if (visible <= 0) return 0;
+  if (dense) return visible;
+  std::int64_t extra = budget - forced_count;
+  if (extra < 0) extra = 0;
+  if (extra > visible - forced_count) extra = visible - forced_count;
+  return forced_count + extra;
+}
 SEER_HOST_DEVICE inline std::int64_t top_k_row_size(const TopK& policy, const ForcedBlocks& forced,
                                                     const BlockGeometry& g, std::int64_t m) {
   const std::int64_t visible = g.visible_key_blocks(m);
   if (visible <= 0) return 0;
-  if (forced.row_is_dense(g, m)) return visible;
-  const std::int64_t forced_count = forced_block_count(forced, g, m, visible);
-  std::int64_t extra = policy.budget(g) - forced_count;
-  if (extra < 0) extra = 0;
-  if (extra > visible - forced_count) extra = visible - forced_count;
-  return forced_count + extra;
+  return top_k_kept(visible, forced.row_is_dense(g, m), forced_block_count(forced, g, m, visible), policy.budget(g));
 }
 
 // Unforced blocks Nucleus adds best-first: it keeps adding while Nucleus::wants_more(mass, count), and
@@ -98,13 +103,23 @@ struct SelectionOutput {
   std::int32_t* overflow = nullptr;             // [1]: 1 when the kept blocks exceeded key_block_capacity
 };
 
-// Where TopK rows go, known from the geometry alone: prefix[b * stride + m] = kept blocks of one head's rows
-// of sequence b before query block m (m up to the sequence's query blocks: the last entry is the head's
-// total). Row (b, h, m) starts at heads * (totals of the sequences before b) + h * total_b + prefix_b(m), so
-// the selection kernel places its rows itself: no row-size pass and no scan over all rows.
-struct TopKRowLayout {
-  std::int64_t* prefix = nullptr;  // [batch][stride], written by block_layout_kernel<TopK>
-  std::int64_t stride = 0;         // max query blocks + 1
+namespace detail {
+struct RowView;
+}
+
+// What block_layout_kernel computes once per (sequence, query block) for every head's row (workspace of the
+// plan):
+// - facts: the row's visible blocks, forced bounds, dense flag and TopK budget (detail::RowView without its
+//   logits), which cost 64-bit divisions and a square root, read by the selection kernel instead;
+// - TopK only, where the rows go, known from the geometry alone: top_k_prefix[b * (max_query_blocks + 1) + m]
+//   = kept blocks of one head's rows of sequence b before query block m (m up to the sequence's query
+//   blocks: the last entry is the head's total). Row (b, h, m) starts at heads * (totals of the sequences
+//   before b) + h * total_b + prefix_b(m), so the selection kernel places its rows itself: no row-size pass
+//   and no scan over all rows.
+struct RowLayout {
+  detail::RowView* facts = nullptr;      // [batch][max_query_blocks]
+  std::int64_t* top_k_prefix = nullptr;  // [batch][max_query_blocks + 1]; null unless the policy is TopK
+  std::int64_t max_query_blocks = 0;
 };
 
 template <class Policy>
@@ -114,7 +129,7 @@ struct SelectionParams {
   Policy policy;
   ForcedBlocks forced;
   SelectionOutput output;
-  TopKRowLayout top_k;             // TopK: the rows' places (its selection has no count pass)
+  RowLayout layout;                // row facts; TopK: the rows' places (its selection has no count pass)
   bool write = false;              // false: count pass (row sizes into row_offsets[row + 1])
   int rows_per_item = 1;           // R <= kSelectionMaxRows, and R <= 2 * kGateThreads / key_tile
   int key_tile = 32;               // key blocks per shared tile: 64 on NVIDIA; 32 (16 rows) or 64 (8 rows) on AMD
@@ -190,18 +205,19 @@ __device__ inline std::uint32_t radix_key(float logit) {
 // divisions per candidate cost more than the rest of a radix pass. Candidates are counted in 32 bits
 // (key block indices are int32 in a BlockSet, the plan checks it): the bounds are clamped to [0, visible],
 // which keeps is_forced(n) for every candidate n and halves the instructions of the candidate loops.
+// The facts depend on the sequence and the query block, not on the head: block_layout_kernel computes them
+// once per (sequence, query block) into the plan's workspace (make_row_view), and the selection kernel
+// reads them for each head's row (only `logits` differs).
 struct RowView {
   float* logits = nullptr;  // [visible], the CTA's own buffer (keep_best overwrites it with radix keys)
   int visible = 0;
-  BlockGeometry geometry;
-  std::int64_t m = 0;
-  std::int64_t forced_count = 0;
   int sinks = 0;
   int diagonal_first = 1, diagonal_last = 0;  // empty unless keep_diagonal
-  bool dense = false;                         // ForcedBlocks::row_is_dense
-  std::int64_t top_k_budget = 0;              // TopK::budget of the row's sequence, when the policy is TopK
+  std::int64_t forced_count = 0;
+  std::int64_t top_k_budget = 0;  // TopK::budget of the row's sequence, when the policy is TopK
+  bool dense = false;             // ForcedBlocks::row_is_dense
 
-  __device__ void set_forced(const ForcedBlocks& forced) {
+  __device__ void set_forced(const ForcedBlocks& forced, const BlockGeometry& geometry, std::int64_t m) {
     const auto clamp = [&](std::int64_t value) {
       return static_cast<int>(value < 0 ? 0 : value > visible ? visible : value);
     };
@@ -217,6 +233,21 @@ struct RowView {
   }
   __device__ bool is_forced(int n) const { return n < sinks || (n >= diagonal_first && n <= diagonal_last); }
 };
+
+template <class Policy>
+__device__ inline RowView make_row_view(const BlockGeometry& g, std::int64_t m, const ForcedBlocks& forced,
+                                        const Policy& policy) {
+  RowView view;
+  view.visible = static_cast<int>(g.visible_key_blocks(m));
+  view.set_forced(forced, g, m);
+  view.dense = forced.row_is_dense(g, m);
+  if constexpr (std::is_same_v<Policy, TopK>) {
+    view.top_k_budget = policy.budget(g);
+  } else {
+    static_cast<void>(policy);
+  }
+  return view;
+}
 
 // Result of a radix select: the unforced blocks whose key, masked, is above `prefix` are taken, and of
 // those equal to it the first `ties` in index order (all of them when `ties_all`).
@@ -417,71 +448,88 @@ struct KeepAboveThreshold {
 };
 
 // keep_best for rows of at most Slots * warp_size candidates, their keys held in registers (lane l: candidates
-// l, l + warp_size, ...; 0 for forced blocks and past the row). The take-th best key is found bit by bit
-// from the top: per bit, one count of the keys at or above a trial threshold (a warp reduction), starting
-// below the bits that every candidate shares and stopping as soon as a threshold keeps exactly `take`.
-// Ties at the final key go to the lower index, as in radix_select_count. Rows of 512 candidates (32k
-// tokens) cost ~20 counting steps of 16 compares per lane instead of four shared-memory histogram passes.
+// l, l + warp_size, ...; 0 past the row). Forced blocks get the largest key, above every logit's: they are
+// counted and kept like the best candidates, so the search looks for the (take + forced)-th key and the final
+// walk needs no forced test. That key is found bit by bit from the top: per bit, one count of the keys at or
+// above a trial threshold (a warp reduction), starting below the bits that every unforced candidate shares
+// and stopping as soon as a threshold keeps exactly the wanted number. Ties at the final key go to the lower
+// index, as in radix_select_count. Rows of 512 candidates (32k tokens) cost ~15 counting steps of 16
+// compares per lane instead of four shared-memory histogram passes.
 template <int Slots>
 __device__ inline std::int64_t keep_best_in_registers(const RowView& row, int take, bool write, std::int32_t* out,
                                                       std::int64_t capacity) {
   constexpr int kWarp = vendor::warp_size;
+  constexpr std::uint32_t kForcedKey = 0xffffffffu;  // radix_key of a finite logit is at most 0xff7fffff
   const int lane = vendor::lane_index();
   std::uint32_t key[Slots];
-  std::uint32_t high = 0u, low = 0xffffffffu;
+  std::uint32_t high = 0u, low = 0xffffffffu;  // over the unforced candidates
 #pragma unroll
   for (int j = 0; j < Slots; ++j) {
     const int n = j * kWarp + lane;
-    key[j] = n < row.visible && !row.is_forced(n) ? radix_key(row.logits[n]) : 0u;
-    if (key[j] != 0u) {
-      high = key[j] > high ? key[j] : high;
-      low = key[j] < low ? key[j] : low;
+    key[j] = 0u;
+    if (n < row.visible) {
+      if (row.is_forced(n)) {
+        key[j] = kForcedKey;
+      } else {
+        key[j] = radix_key(row.logits[n]);
+        high = key[j] > high ? key[j] : high;
+        low = key[j] < low ? key[j] : low;
+      }
     }
   }
   high = vendor::warp_max_uint(high);
   low = vendor::warp_min_uint(low);
-  // Every candidate key has the bits of `high` above the highest bit where high and low differ.
+  const int wanted = take + static_cast<int>(row.forced_count);
+  // Every unforced key has the bits of `high` above the highest bit where high and low differ. No trial
+  // exceeds high: at most the forced keys (fewer than wanted) reach such a threshold.
   const std::uint32_t differ = high ^ low;
   int bit = differ == 0u ? -1 : 31 - __clz(static_cast<int>(differ));
   std::uint32_t threshold = bit < 0 ? high : high & ~((2u << bit) - 1u);  // 2u << 31 wraps to 0: no bits kept
-  int at_or_above = static_cast<int>(row.visible - row.forced_count);     // keys >= threshold (all candidates)
+  int at_or_above = row.visible;                                          // keys >= threshold (all of them)
   for (; bit >= 0; --bit) {
     const std::uint32_t trial = threshold | (1u << bit);
     int count = 0;
 #pragma unroll
     for (int j = 0; j < Slots; ++j) count += key[j] >= trial ? 1 : 0;
     count = vendor::warp_sum_int(count);
-    if (count >= take) {
+    if (count >= wanted) {
       threshold = trial;
       at_or_above = count;
-      if (count == take) break;
+      if (count == wanted) break;
     }
   }
-  // threshold > 0 here. Either exactly `take` keys reach it, or it is the take-th key itself, shared by
-  // several candidates: then the keys above it plus the first ties in index order.
-  const bool ties = at_or_above != take;
-  int ties_needed = 0;
-  if (ties) {
-    int above = 0;
-#pragma unroll
-    for (int j = 0; j < Slots; ++j) above += key[j] > threshold ? 1 : 0;
-    ties_needed = take - vendor::warp_sum_int(above);
-  }
+  // 0 < threshold <= high here. Either exactly `wanted` keys reach it, or it is the wanted-th key itself,
+  // shared by several unforced candidates: then the keys above it plus the first ties in index order.
   const vendor::lane_mask_t below = lanes_below();
-  std::int64_t kept = 0;
+  const int limit = capacity < row.visible ? static_cast<int>(capacity) : row.visible;
+  int kept = 0;
+  if (at_or_above == wanted) {
+#pragma unroll
+    for (int j = 0; j < Slots; ++j) {
+      if (j * kWarp >= row.visible) break;  // uniform across the warp
+      const bool taken = key[j] >= threshold;
+      const vendor::lane_mask_t taken_lanes = vendor::ballot(taken);
+      const int position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken_lanes & below));
+      if (write && taken && position < limit) out[position] = j * kWarp + lane;
+      kept += lane_count(taken_lanes);
+    }
+    return kept;
+  }
+  int above = 0;
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) above += key[j] > threshold ? 1 : 0;
+  const int ties_needed = wanted - vendor::warp_sum_int(above);
   int ties_seen = 0;
 #pragma unroll
   for (int j = 0; j < Slots; ++j) {
     if (j * kWarp >= row.visible) break;  // uniform across the warp
-    const int n = j * kWarp + lane;
-    const bool forced = n < row.visible && row.is_forced(n);
-    const bool tie = ties && key[j] == threshold;
+    const bool tie = key[j] == threshold;
     const vendor::lane_mask_t tie_lanes = vendor::ballot(tie);
     const int tie_rank = ties_seen + lane_count(static_cast<vendor::lane_mask_t>(tie_lanes & below));
-    const bool taken = forced || (ties ? key[j] > threshold || (tie && tie_rank < ties_needed) : key[j] >= threshold);
+    const bool taken = key[j] > threshold || (tie && tie_rank < ties_needed);
     const vendor::lane_mask_t taken_lanes = vendor::ballot(taken);
-    const std::int64_t position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken_lanes & below));
-    if (write && taken && position < capacity) out[position] = static_cast<std::int32_t>(n);
+    const int position = kept + lane_count(static_cast<vendor::lane_mask_t>(taken_lanes & below));
+    if (write && taken && position < limit) out[position] = j * kWarp + lane;
     kept += lane_count(taken_lanes);
     ties_seen += lane_count(tie_lanes);
   }
@@ -841,34 +889,31 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
   for (std::int64_t item = blockIdx.x; item < params.items; item += gridDim.x) {
     // Last query tiles first: under a causal mask they see the most keys, so the long items start in the
     // first wave and the short ones fill the tail.
-    const std::int64_t sequence_heads = heads * params.sequences.batch;
-    const std::int64_t tile = params.item_tiles - 1 - item / sequence_heads;
-    const std::int64_t h = item % sequence_heads % heads;
-    const std::int64_t b = item % sequence_heads / heads;
-    const BlockGeometry g = params.sequences.geometry(b);
-    const std::int64_t query_blocks = g.query_blocks();
+    // (32-bit divisions: the plan keeps items below 2^31.)
+    const std::uint32_t index = static_cast<std::uint32_t>(item);
+    const std::uint32_t sequence_heads = static_cast<std::uint32_t>(heads * params.sequences.batch);
+    const std::uint32_t within = index % sequence_heads;
+    const std::int64_t tile = params.item_tiles - 1 - index / sequence_heads;
+    const std::int64_t h = within % static_cast<std::uint32_t>(heads);
+    const std::int64_t b = within / static_cast<std::uint32_t>(heads);
+    const std::int64_t sequence_first = params.output.query_block_offsets[b];  // from block_layout_kernel
+    const std::int64_t query_blocks = params.output.query_block_offsets[b + 1] - sequence_first;
     const std::int64_t m0 = tile * rows_per_item;
     if (m0 >= query_blocks) continue;  // uniform across the CTA
     const int rows = static_cast<int>(query_blocks - m0 < rows_per_item ? query_blocks - m0 : rows_per_item);
-    const std::int64_t first_row = heads * params.output.query_block_offsets[b] + h * query_blocks + m0;
+    const std::int64_t first_row = heads * sequence_first + h * query_blocks + m0;
 
     __syncthreads();  // the previous item's logits, tiles and row facts are consumed
     if (const int row_index = static_cast<int>(threadIdx.x); row_index < rows) {
-      detail::RowView view;
+      detail::RowView view = params.layout.facts[b * params.layout.max_query_blocks + m0 + row_index];
       view.logits = logits + row_index * params.row_stride;
-      view.visible = static_cast<int>(g.visible_key_blocks(m0 + row_index));
-      view.geometry = g;
-      view.m = m0 + row_index;
-      view.set_forced(params.forced);
-      view.dense = params.forced.row_is_dense(g, view.m);
-      if constexpr (std::is_same_v<Policy, TopK>) view.top_k_budget = params.policy.budget(g);
       row_views[row_index] = view;
       row_visible[row_index] = view.visible;
     }
     __syncthreads();
-    // Logits are needed unless every row of the tile is dense or sees nothing.
+    // Logits are needed unless every row of the tile is dense (dense rows are the last ones) or sees nothing.
     const std::int64_t last_visible = row_visible[rows - 1];
-    const bool needs_logits = last_visible > 0 && !params.forced.row_is_dense(g, m0);
+    const bool needs_logits = last_visible > 0 && !row_views[0].dense;
     if (needs_logits) {
       ItemLogits work;
       work.features = params.features;
@@ -888,12 +933,13 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     std::int64_t sequence_base = 0;
     const std::int64_t* top_k_prefix = nullptr;
     if constexpr (std::is_same_v<Policy, TopK>) {
-      top_k_prefix = params.top_k.prefix + b * params.top_k.stride;
+      const std::int64_t stride = params.layout.max_query_blocks + 1;
+      top_k_prefix = params.layout.top_k_prefix + b * stride;
       std::uint64_t before = 0;
       for (std::int64_t earlier = vendor::lane_index(); earlier < b; earlier += vendor::warp_size) {
         const std::int64_t blocks =
             params.output.query_block_offsets[earlier + 1] - params.output.query_block_offsets[earlier];
-        before += static_cast<std::uint64_t>(params.top_k.prefix[earlier * params.top_k.stride + blocks]);
+        before += static_cast<std::uint64_t>(params.layout.top_k_prefix[earlier * stride + blocks]);
       }
       if (b > 0) sequence_base = heads * static_cast<std::int64_t>(detail::warp_sum_u64(before));
     }
@@ -937,31 +983,32 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
 
 namespace detail {
 
-// Inclusive block-wide sum of one value per thread, in thread order.
+// Inclusive block-wide sum of one value per thread, in thread order: a scan within each warp, then the
+// warps' totals (two barriers instead of a barrier pair per doubling step). `shared` holds kGateThreads
+// values; the sums are non-negative (row and block counts).
 __device__ inline std::int64_t block_inclusive_sum(std::int64_t value, std::int64_t* shared) {
   const int thread = static_cast<int>(threadIdx.x);
-  shared[thread] = value;
+  const int warp = thread / vendor::warp_size, lane = thread % vendor::warp_size;
+  const std::uint64_t mine = static_cast<std::uint64_t>(value);
+  const std::uint64_t inclusive = warp_exclusive_sum_u64(mine) + mine;
+  if (lane == vendor::warp_size - 1) shared[warp] = static_cast<std::int64_t>(inclusive);
   __syncthreads();
-  for (int offset = 1; offset < kGateThreads; offset *= 2) {
-    const std::int64_t other = thread >= offset ? shared[thread - offset] : 0;
-    __syncthreads();
-    shared[thread] += other;
-    __syncthreads();
-  }
-  const std::int64_t result = shared[thread];
-  __syncthreads();
-  return result;
+  std::int64_t before = 0;
+  for (int w = 0; w < warp; ++w) before += shared[w];
+  __syncthreads();  // `shared` may be written again by the caller's next scan
+  return before + static_cast<std::int64_t>(inclusive);
 }
 
 }  // namespace detail
 
-// CTA 0: query_block_offsets[b] = sum of query blocks of sequences < b, row_offsets[0] = 0, and clears the
-// overflow flag. TopK (grid: one CTA per sequence): CTA b also writes its sequence's TopKRowLayout prefix,
-// kScanTile / kGateThreads rows per thread and a CTA scan per kScanTile rows.
+// Grid: one CTA per sequence. CTA 0 also writes query_block_offsets[b] = sum of query blocks of sequences
+// < b and row_offsets[0] = 0, and clears the overflow flag. CTA b writes its sequence's RowLayout: the row
+// facts of every query block, and for TopK the row-size prefix (kScanTile / kGateThreads rows per thread,
+// a CTA scan per kScanTile rows).
 template <class Policy>
 __global__ void __launch_bounds__(kGateThreads)
     block_layout_kernel(const GateSequences sequences, const SelectionOutput output, const Policy policy,
-                        const ForcedBlocks forced, const TopKRowLayout top_k) {
+                        const ForcedBlocks forced, const RowLayout layout) {
   __shared__ std::int64_t scan[kGateThreads];
   __shared__ std::int64_t tile_total;
   const int thread = static_cast<int>(threadIdx.x);
@@ -983,20 +1030,30 @@ __global__ void __launch_bounds__(kGateThreads)
       __syncthreads();
     }
   }
-  if constexpr (std::is_same_v<Policy, TopK>) {
-    constexpr int kPerThread = kScanTile / kGateThreads;
-    const std::int64_t b = blockIdx.x;
-    const BlockGeometry g = sequences.geometry(b);
-    const std::int64_t blocks = g.query_blocks();
-    std::int64_t* prefix = top_k.prefix + b * top_k.stride;
-    if (thread == 0) prefix[0] = 0;
-    __shared__ std::int64_t tile_sizes[kScanTile];
-    std::int64_t running = 0;
-    for (std::int64_t first = 0; first < blocks; first += kScanTile) {
-      // Sizes computed with the rows spread over all threads (a short sequence keeps every thread busy),
-      // then scanned kPerThread consecutive rows per thread.
-      for (int i = thread; i < kScanTile; i += kGateThreads)
-        tile_sizes[i] = first + i < blocks ? top_k_row_size(policy, forced, g, first + i) : 0;
+  constexpr int kPerThread = kScanTile / kGateThreads;
+  const std::int64_t b = blockIdx.x;
+  if (b >= sequences.batch) return;  // an empty batch still runs CTA 0
+  const BlockGeometry g = sequences.geometry(b);
+  const std::int64_t blocks = g.query_blocks();
+  detail::RowView* facts = layout.facts + b * layout.max_query_blocks;
+  constexpr bool kTopK = std::is_same_v<Policy, TopK>;
+  std::int64_t* prefix = kTopK ? layout.top_k_prefix + b * (layout.max_query_blocks + 1) : nullptr;
+  if (kTopK && thread == 0) prefix[0] = 0;
+  __shared__ std::int64_t tile_sizes[kScanTile];
+  std::int64_t running = 0;
+  for (std::int64_t first = 0; first < blocks; first += kScanTile) {
+    // Facts (and TopK sizes) with the rows spread over all threads, so that a short sequence keeps every
+    // thread busy; then TopK's scan over kPerThread consecutive rows per thread.
+    for (int i = thread; i < kScanTile; i += kGateThreads) {
+      std::int64_t size = 0;
+      if (first + i < blocks) {
+        const detail::RowView view = detail::make_row_view(g, first + i, forced, policy);
+        facts[first + i] = view;
+        if constexpr (kTopK) size = top_k_kept(view.visible, view.dense, view.forced_count, view.top_k_budget);
+      }
+      tile_sizes[i] = size;
+    }
+    if constexpr (kTopK) {
       __syncthreads();
       const std::int64_t mine = first + static_cast<std::int64_t>(thread) * kPerThread;
       std::int64_t sizes[kPerThread];
@@ -1016,8 +1073,6 @@ __global__ void __launch_bounds__(kGateThreads)
       running += tile_total;
       __syncthreads();
     }
-  } else {
-    static_cast<void>(policy), static_cast<void>(forced), static_cast<void>(top_k);
   }
 }
 

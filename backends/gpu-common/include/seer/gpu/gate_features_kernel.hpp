@@ -302,11 +302,9 @@ struct ProjectParams {
   std::int64_t input_width = 0;
   // The weights in one of two forms, the other null (both null: identity, input_width == dim): as given,
   // [output_heads, input_width, dim], for project_features_kernel; or transposed, [output_heads, dim,
-  // input_width], and split for the tensor cores (split_tf32: big and small parts), for
-  // project_features_tensor_kernel.
+  // input_width], for project_features_tensor_kernel.
   const float* weights = nullptr;
-  const float* weights_transposed_big = nullptr;
-  const float* weights_transposed_small = nullptr;
+  const float* weights_transposed = nullptr;
   float* output = nullptr;  // [batch, output_heads, max_blocks, dim]
   std::int64_t output_heads = 0;
   std::int64_t dim = 0;
@@ -524,17 +522,20 @@ inline constexpr int kTensorProjectionRows = 64;      // blocks per CTA of proje
 inline constexpr int kTensorProjectionColumns = 128;  // the largest output width it takes
 
 // NVIDIA, feature widths up to 128: the same product as project_features_kernel on tensor cores in split
-// TF32 (near-fp32 accuracy, seer/gpu/fp32_tensor_dot.hpp), from the transposed weights (one row per output
-// column, so that both operands are row-major over the input features), split on the host. Grid
-// (ceil(max_blocks / 64), output_heads, batch), 256 threads: warp w computes rows 16 (w % 4) .. + 15 and
-// columns 64 (w / 4) .. + 63 (8 tiles of 8). Chunks of 16 input features arrive by asynchronous copies,
-// three stages deep in dynamic shared memory (tensor_projection_shared_bytes; one barrier per chunk); the
-// projected rows then go through the stage buffers for RoPE.
+// TF32 (near-fp32 accuracy, seer/gpu/fp32_tensor_dot.hpp), from the transposed fp32 weights (one row per
+// output column, so that both operands are row-major over the input features). Grid (ceil(max_blocks /
+// 64), output_heads, batch), 256 threads: warp w computes the 32 x 32 tile of rows 32 (w % 2) .. + 31 and
+// columns 32 (w / 2) .. + 31 (2 x 4 tiles of 16 x 8), splitting both operands as it reads them. Square warp
+// tiles read the fewest operand bytes per product (6 KiB of shared memory per 32 input features; the
+// earlier 16 x 64 tiles of pre-split weights read 18), and the fp32 weights take half the stage space, so
+// a stage holds 32 input features: half as many barriers. Chunks arrive by asynchronous copies, three
+// stages deep in dynamic shared memory (tensor_projection_shared_bytes); the projected rows then go
+// through the stage buffers for RoPE.
 // (A template, like the other kernels of these headers, so that several translation units may include it.)
-inline constexpr int kTensorProjectionDepth = 16;
+inline constexpr int kTensorProjectionDepth = 32;
 inline constexpr int kTensorProjectionStages = 3;
 SEER_HOST_DEVICE constexpr int tensor_projection_stage_floats() {
-  return (kTensorProjectionRows + 2 * kTensorProjectionColumns) * padded_row_stride(kTensorProjectionDepth);
+  return (kTensorProjectionRows + kTensorProjectionColumns) * padded_row_stride(kTensorProjectionDepth);
 }
 constexpr int tensor_projection_shared_bytes() {
   return kTensorProjectionStages * tensor_projection_stage_floats() * static_cast<int>(sizeof(float));
@@ -542,11 +543,11 @@ constexpr int tensor_projection_shared_bytes() {
 
 template <int Columns>
 __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const ProjectParams params) {
-  static_assert(Columns == kTensorProjectionColumns, "warps cover 2 x 64 columns");
+  static_assert(Columns == kTensorProjectionColumns, "warps cover 4 x 32 columns");
   constexpr int kThreads = 256;
   constexpr int kRows = kTensorProjectionRows;
   constexpr int kDepth = kTensorProjectionDepth;
-  constexpr int kStride = padded_row_stride(kDepth);  // 16 floats: = 16 mod 32, conflict-free fragment loads
+  constexpr int kStride = padded_row_stride(kDepth);  // 48 floats: = 16 mod 32, conflict-free fragment loads
   constexpr int kStages = kTensorProjectionStages;
   constexpr int kStageFloats = tensor_projection_stage_floats();
   static_assert(kStages * kStageFloats >= kRows * Columns, "the projected rows fit in the stage buffers");
@@ -565,28 +566,28 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
   const std::int64_t input_head = o / (params.output_heads / params.input_heads);
   const float* input =
       params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
-  const float* weights_big = params.weights_transposed_big + o * params.dim * params.input_width;
-  const float* weights_small = params.weights_transposed_small + o * params.dim * params.input_width;
+  const float* weights = params.weights_transposed + o * params.dim * params.input_width;
 
-  // Stage s: input rows [kRows][kStride], then the weights' big and small rows [Columns][kStride] each. Thread
-  // i copies 16-byte vector i % 4 (features 4 (i % 4) .. + 3 of the chunk) of tile rows i / 4 + 64 j: its
-  // sources and their validity are fixed, only the chunk's offset moves. Rows and features past the ends are
-  // zero-filled (the input width is a multiple of 8, so a vector is wholly inside or wholly past it).
-  constexpr int kCopies = (kRows + 2 * Columns) / (kThreads / 4);
-  static_assert(kCopies * (kThreads / 4) == kRows + 2 * Columns && kRows == kThreads / 4, "row 64 j: input, weights");
-  const int k = 4 * (thread % 4), first_row = thread / 4;
+  // Stage s: input rows [kRows][kStride], then the weight rows [Columns][kStride]. Thread i copies 16-byte
+  // vector i % 8 (features 4 (i % 8) .. + 3 of the chunk) of tile rows i / 8 + 32 j: its sources and their
+  // validity are fixed, only the chunk's offset moves. Rows and features past the ends are zero-filled (the
+  // input width is a multiple of 8, so a vector is wholly inside or wholly past it).
+  constexpr int kVectors = kDepth / 4;
+  constexpr int kRowsPerPass = kThreads / kVectors;
+  constexpr int kCopies = (kRows + Columns) / kRowsPerPass;
+  static_assert(kCopies * kRowsPerPass == kRows + Columns && kRows % kRowsPerPass == 0, "whole passes of rows");
+  const int k = 4 * (thread % kVectors), first_row = thread / kVectors;
   const float* sources[kCopies];
   bool source_valid[kCopies];
 #pragma unroll
   for (int j = 0; j < kCopies; ++j) {
-    const int row = first_row + j * (kThreads / 4);
+    const int row = first_row + j * kRowsPerPass;
     if (row < kRows) {
       sources[j] = input + row * params.input_width + k;
       source_valid[j] = row < rows;
     } else {
-      const int column = (row - kRows) % Columns;
-      sources[j] = (row < kRows + Columns ? weights_big : weights_small) + column * params.input_width + k;
-      source_valid[j] = column < dim;
+      sources[j] = weights + (row - kRows) * params.input_width + k;
+      source_valid[j] = row - kRows < dim;
     }
   }
   auto load_chunk = [&](int chunk) {
@@ -596,13 +597,15 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
       const bool valid = inside && source_valid[j];
-      vendor::copy_async_16_bytes(tile + j * (kThreads / 4) * kStride, valid ? sources[j] + depth : input, valid);
+      vendor::copy_async_16_bytes(tile + j * kRowsPerPass * kStride, valid ? sources[j] + depth : input, valid);
     }
     vendor::commit_async_copies();
   };
 
-  const int row_group = warp % 4, column_half = warp / 4;
-  DotAccumulators<8, 1> dots;  // 8 tiles per warp: independent enough in one chain each
+  // Warp tile: rows 32 * row_half + 16 i + (g, g + 8), columns 32 * column_quarter + 8 j + g (B rows).
+  const int row_half = warp % 2, column_quarter = warp / 2;
+  const int g = lane / 4, t = lane % 4;
+  DotAccumulators<8, 1> dots;  // tile 4 i + j: 8 independent accumulator chains
   const int chunks = (width + kDepth - 1) / kDepth;
   load_chunk(0);
   if (chunks > 1) load_chunk(1);
@@ -617,25 +620,57 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
     __syncthreads();
     if (chunk + 2 < chunks) load_chunk(chunk + 2);
     const float* tile = stages + (chunk % kStages) * kStageFloats;
-    const float* big = tile + (kRows + 64 * column_half) * kStride;
-    accumulate_dots(dots, LeftRows<Fp32Rows>{Fp32Rows{tile + 16 * row_group * kStride, kStride}},
-                    SplitRows{big, big + Columns * kStride, kStride}, kDepth);
+    const Fp32Rows left{tile + (32 * row_half + g) * kStride + 4 * t, kStride};
+    const Fp32Rows right{tile + (kRows + 32 * column_quarter + g) * kStride + 4 * t, kStride};
+#pragma unroll
+    for (int d = 0; d < kDepth; d += 16) {
+      float4 a_raw[2][2], b_raw[4];  // [row tile][rows g, g + 8]; [column tile]
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        a_raw[i][0] = left.fetch(16 * i, d);
+        a_raw[i][1] = left.fetch(16 * i + 8, d);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b_raw[j] = right.fetch(8 * j, d);
+      SplitTf32 first[2][4], second[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        SplitTf32 upper[4], lower[4];
+        Fp32Rows::split(a_raw[i][0], upper);
+        Fp32Rows::split(a_raw[i][1], lower);
+        first[i][0] = upper[0], first[i][1] = lower[0], first[i][2] = upper[1], first[i][3] = lower[1];
+        second[i][0] = upper[2], second[i][1] = lower[2], second[i][2] = upper[3], second[i][3] = lower[3];
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        SplitTf32 column[4];
+        Fp32Rows::split(b_raw[j], column);
+        const SplitTf32 b_first[2] = {column[0], column[1]};
+        const SplitTf32 b_second[2] = {column[2], column[3]};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          multiply_split(dots, 4 * i + j, 0, first[i], b_first);
+          multiply_split(dots, 4 * i + j, 1, second[i], b_second);
+        }
+      }
+    }
   }
 
   __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows [kRows][dim]
   float* projected = stages;
-  const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int column = 64 * column_half + 8 * j + 2 * t;
-    if (column < dim) {
-      float* upper = projected + (16 * row_group + g) * dim + column;
-      upper[0] = dots.total(j, 0);
-      upper[1] = dots.total(j, 1);
-      upper[8 * dim] = dots.total(j, 2);
-      upper[8 * dim + 1] = dots.total(j, 3);
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int column = 32 * column_quarter + 8 * j + 2 * t;
+      if (column < dim) {
+        float* upper = projected + (32 * row_half + 16 * i + g) * dim + column;
+        upper[0] = dots.total(4 * i + j, 0);
+        upper[1] = dots.total(4 * i + j, 1);
+        upper[8 * dim] = dots.total(4 * i + j, 2);
+        upper[8 * dim + 1] = dots.total(4 * i + j, 3);
+      }
     }
-  }
   __syncthreads();
   detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
 }

@@ -36,7 +36,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -88,9 +87,9 @@ class DeviceLearnedGate {
     try {
       // Each projection is uploaded only in the form its kernel reads (see uses_tensor_projection).
       if (uses_tensor_projection()) {
-        upload_split_transposed(gate.k_projection(), key_input_width(), key_projection_split_);
+        key_projection_transposed_ = upload_transposed(gate.k_projection(), key_input_width());
         if (has_q_projection_)
-          upload_split_transposed(gate.q_projection(), query_input_width(), query_projection_split_);
+          query_projection_transposed_ = upload_transposed(gate.q_projection(), query_input_width());
       } else {
         key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
         if (has_q_projection_) query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
@@ -116,8 +115,8 @@ class DeviceLearnedGate {
   const std::vector<int>& key_pools() const { return key_pools_; }
   std::int64_t query_input_width() const { return static_cast<std::int64_t>(query_pools_.size()) * head_dim_; }
   std::int64_t key_input_width() const { return static_cast<std::int64_t>(key_pools_.size()) * head_dim_; }
-  // NVIDIA projections up to kTensorProjectionColumns wide run on the tensor cores from the split,
-  // transposed weights; wider ones, and every AMD build, on project_features_kernel from the weights as
+  // NVIDIA projections up to kTensorProjectionColumns wide run on the tensor cores from the transposed
+  // weights; wider ones, and every AMD build, on project_features_kernel from the weights as
   // given. Null where the other form is used.
   bool uses_tensor_projection() const {
 #if defined(__HIPCC__)
@@ -128,18 +127,17 @@ class DeviceLearnedGate {
   }
   const float* key_projection() const { return key_projection_; }
   const float* query_projection() const { return query_projection_; }
-  // The weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows),
-  // split into big and small parts (seer/gpu/fp32_tensor_dot.hpp): [0] big, [1] small.
-  const float* const* key_projection_split() const { return key_projection_split_; }
-  const float* const* query_projection_split() const { return query_projection_split_; }
+  // The weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows).
+  const float* key_projection_transposed() const { return key_projection_transposed_; }
+  const float* query_projection_transposed() const { return query_projection_transposed_; }
   DeviceRope rope() const { return DeviceRope{inverse_frequencies_, hidden_size_ / 2, attention_factor_}; }
 
  private:
   void release() noexcept {
     vendor::device_release(key_projection_);
     vendor::device_release(query_projection_);
-    for (float*& plane : key_projection_split_) vendor::device_release(std::exchange(plane, nullptr));
-    for (float*& plane : query_projection_split_) vendor::device_release(std::exchange(plane, nullptr));
+    vendor::device_release(std::exchange(key_projection_transposed_, nullptr));
+    vendor::device_release(std::exchange(query_projection_transposed_, nullptr));
     vendor::device_release(inverse_frequencies_);
     key_projection_ = query_projection_ = nullptr;
     inverse_frequencies_ = nullptr;
@@ -149,33 +147,23 @@ class DeviceLearnedGate {
   bool has_q_projection_;
   double attention_factor_;
   std::vector<int> query_pools_, key_pools_;
-  // Weights [heads, rows, hidden] uploaded as [heads, hidden, rows], split into the big part (the top 19
-  // bits) and the exact remainder, as split_tf32 splits on the device.
-  void upload_split_transposed(const std::vector<float>& weights, std::int64_t rows, float* (&planes)[2]) const {
+  // Weights [heads, rows, hidden] uploaded as [heads, hidden, rows].
+  float* upload_transposed(const std::vector<float>& weights, std::int64_t rows) const {
     const std::int64_t columns = hidden_size_;
-    std::vector<float> big(weights.size()), small(weights.size());
+    std::vector<float> transposed(weights.size());
     const std::int64_t heads = static_cast<std::int64_t>(weights.size()) / (rows * columns);
     for (std::int64_t h = 0; h < heads; ++h)
       for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t c = 0; c < columns; ++c) {
-          const float value = weights[static_cast<std::size_t>((h * rows + r) * columns + c)];
-          std::uint32_t bits = 0;
-          std::memcpy(&bits, &value, sizeof bits);
-          bits &= 0xffffe000u;
-          float high = 0.0f;
-          std::memcpy(&high, &bits, sizeof high);
-          const std::size_t at = static_cast<std::size_t>((h * columns + c) * rows + r);
-          big[at] = high;
-          small[at] = value - high;
-        }
-    planes[0] = upload_to_device(big, "DeviceLearnedGate");
-    planes[1] = upload_to_device(small, "DeviceLearnedGate");
+        for (std::int64_t c = 0; c < columns; ++c)
+          transposed[static_cast<std::size_t>((h * columns + c) * rows + r)] =
+              weights[static_cast<std::size_t>((h * rows + r) * columns + c)];
+    return upload_to_device(transposed, "DeviceLearnedGate");
   }
 
   float* key_projection_ = nullptr;
   float* query_projection_ = nullptr;
-  float* key_projection_split_[2] = {nullptr, nullptr};
-  float* query_projection_split_[2] = {nullptr, nullptr};
+  float* key_projection_transposed_ = nullptr;
+  float* query_projection_transposed_ = nullptr;
   double* inverse_frequencies_ = nullptr;
 };
 
@@ -280,6 +268,7 @@ class GateSelectionPlan {
     tile_totals_at_ =
         reserve((row_bound() + kScanTile - 1) / kScanTile * static_cast<std::int64_t>(sizeof(std::int64_t)));
     top_k_prefix_at_ = reserve(batch_ * (max_query_blocks_ + 1) * static_cast<std::int64_t>(sizeof(std::int64_t)));
+    row_facts_at_ = reserve(batch_ * max_query_blocks_ * static_cast<std::int64_t>(sizeof(detail::RowView)));
     rope_table_at_ = reserve(rope_table(GateWorkspace{}).entry_count() * 8);
     global_logits_at_ = reserve(logits_in_shared_ ? 0 : grid_ * rows_per_item_ * row_stride_ * f);
   }
@@ -326,8 +315,9 @@ class GateSelectionPlan {
   std::int64_t* tile_totals(const GateWorkspace& workspace) const {
     return at<std::int64_t>(workspace, tile_totals_at_);
   }
-  TopKRowLayout top_k_layout(const GateWorkspace& workspace) const {
-    return TopKRowLayout{at<std::int64_t>(workspace, top_k_prefix_at_), max_query_blocks_ + 1};
+  RowLayout row_layout(const GateWorkspace& workspace) const {
+    return RowLayout{at<detail::RowView>(workspace, row_facts_at_), at<std::int64_t>(workspace, top_k_prefix_at_),
+                     max_query_blocks_};
   }
   float* global_logits(const GateWorkspace& workspace) const {
     return logits_in_shared_ ? nullptr : at<float>(workspace, global_logits_at_);
@@ -374,7 +364,7 @@ class GateSelectionPlan {
   std::int64_t warps_ = kGateThreads / 32;
   std::int64_t workspace_bytes_ = 0;
   std::int64_t pooled_query_at_ = 0, pooled_key_at_ = 0, query_features_at_ = 0, key_features_at_ = 0,
-               tile_totals_at_ = 0, global_logits_at_ = 0, rope_table_at_ = 0, top_k_prefix_at_ = 0;
+               tile_totals_at_ = 0, global_logits_at_ = 0, rope_table_at_ = 0, top_k_prefix_at_ = 0, row_facts_at_ = 0;
 };
 
 // Kept blocks a selection can write for these (host-known) sequences: exact for TopK, the worst case
@@ -487,7 +477,7 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
                               vendor::stream_t stream) {
 #if !defined(__HIPCC__)
   // NVIDIA: tensor cores (split TF32) for projections up to 128 wide.
-  if (params.weights_transposed_big != nullptr) {  // the gate's uses_tensor_projection()
+  if (params.weights_transposed != nullptr) {  // the gate's uses_tensor_projection()
     const dim3 grid =
         grid_of((params.max_blocks + kTensorProjectionRows - 1) / kTensorProjectionRows, params.output_heads, batch);
     auto* kernel = &project_features_tensor_kernel<kTensorProjectionColumns>;
@@ -525,8 +515,7 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
   key.input_heads = gate.num_kv_heads();
   key.input_width = gate.key_input_width();
   key.weights = gate.key_projection();
-  key.weights_transposed_big = gate.key_projection_split()[0];
-  key.weights_transposed_small = gate.key_projection_split()[1];
+  key.weights_transposed = gate.key_projection_transposed();
   key.output = features.key;
   key.output_heads = gate.key_heads();
   key.dim = gate.hidden_size();
@@ -544,8 +533,7 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
     query.input_heads = gate.num_q_heads();
     query.input_width = gate.query_input_width();
     query.weights = gate.has_q_projection() ? gate.query_projection() : nullptr;
-    query.weights_transposed_big = gate.has_q_projection() ? gate.query_projection_split()[0] : nullptr;
-    query.weights_transposed_small = gate.has_q_projection() ? gate.query_projection_split()[1] : nullptr;
+    query.weights_transposed = gate.has_q_projection() ? gate.query_projection_transposed() : nullptr;
     query.output = features.query;
     query.output_heads = gate.num_q_heads();
     query.max_blocks = plan.max_query_blocks();
@@ -683,11 +671,11 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   const BlockSetView view{output.row_offsets, output.key_blocks, output.query_block_offsets,
                           plan.batch(),       plan.heads(),      plan.block_size()};
 
-  // TopK: one layout CTA per sequence (the rows' places); other policies: one CTA.
-  const TopKRowLayout top_k = plan.top_k_layout(workspace);
-  const std::int64_t layout_ctas = std::is_same_v<Policy, TopK> ? std::max<std::int64_t>(1, plan.batch()) : 1;
+  // One layout CTA per sequence: the row facts (TopK: and the rows' places).
+  const RowLayout layout = plan.row_layout(workspace);
   block_layout_kernel<Policy>
-      <<<detail::grid_of(layout_ctas, 1, 1), kGateThreads, 0, stream>>>(sequences, out, policy, forced, top_k);
+      <<<detail::grid_of(std::max<std::int64_t>(1, plan.batch()), 1, 1), kGateThreads, 0, stream>>>(
+          sequences, out, policy, forced, layout);
   vendor::check_last_launch("block_layout_kernel launch");
   if (plan.batch() == 0 || plan.max_query_blocks() == 0) return view;
 
@@ -704,7 +692,7 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   params.items = plan.items();
   params.item_tiles = plan.item_tiles();
 
-  params.top_k = top_k;
+  params.layout = layout;
   // Row places: TopK's come from the layout; other policies count their rows in a first pass of the
   // selection, then scan the sizes into row_offsets.
   if constexpr (!std::is_same_v<Policy, TopK>) {
