@@ -73,7 +73,7 @@ if has profile; then
   # One run of gate_features, gate_features_from_pooled and the TopK selection (after 3 warm-ups each):
   # 4 x 3 + 4 x 2 + 4 x 5 kernel launches.
   timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum \
-    -k regex:'pool_blocks|project_features|block_selection|scan_|block_layout|row_sizes|row_offsets|rope_table' --launch-count 40 \
+    -k regex:'pool_blocks|project_features|rotate_rows|block_selection|scan_|block_layout|rope_table' --launch-count 40 \
     $BENCH --lengths 32768 --repeats 1 >"$OUT/gate_ncu.log" 2>&1
   echo "ncu: rc=$?"
   grep -E 'seer::gpu::[a-z_]+_kernel|gpu__time_duration' "$OUT/gate_ncu.log" \

@@ -123,6 +123,7 @@ struct Row {
   double rope_plain = 0, rope_pooled = 0, rope_plain_again = 0;  // RoPE pass over q and k, without / with pooling
   // CUDA-graph replay: gate (from q, k / from pre-pooled features) + TopK as one graph, and the attention.
   double graph_gate_topk = 0, graph_pooled_topk = 0, graph_attention = 0, graph_attention_mma_sync = 0;
+  double graph_pooled_bf16_topk = 0;  // the same gate with bf16 weights
   double best_graph_attention() const { return std::min(graph_attention, graph_attention_mma_sync); }
   double best_attention() const { return std::min(attention, attention_mma_sync); }
   // What fusing the pooling into the RoPE pass adds (against the faster of the two plain timings).
@@ -151,8 +152,16 @@ Row run_length(std::int64_t tokens, int repeats, const Threshold& threshold, con
   std::vector<float> weights(static_cast<std::size_t>(heads * 3 * dim * dim));
   std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(3.0f * dim));
   for (auto& w : weights) w = normal(random);
+  // The same gate with its weights rounded to bf16, as the released SeerAttention gates are stored: the
+  // tensor-core projection then takes its two-product path.
+  std::vector<float> bf16_weights = weights;
+  for (auto& w : bf16_weights) w = round_to<bfloat16>(w);
   const LearnedGate gate(config, heads, heads, dim, std::move(weights));
   cuda::DeviceLearnedGate device_gate(gate);
+  const cuda::DeviceLearnedGate device_gate_bf16(LearnedGate(config, heads, heads, dim, std::move(bf16_weights)));
+  check(device_gate_bf16.projections_tf32_exact() && !device_gate.projections_tf32_exact() ? cudaSuccess
+                                                                                           : cudaErrorInvalidValue,
+        "bf16 gate weights take the two-product projection");
 
   const std::int64_t elements = tokens * heads * dim;
   Buffer<bfloat16> q(elements), k(elements), v(elements), out(elements);
@@ -285,6 +294,14 @@ Row run_length(std::int64_t tokens, int repeats, const Threshold& threshold, con
                             stream);
       },
       repeats, stream);
+  row.graph_pooled_bf16_topk = graph_time_ms(
+      [&] {
+        const auto bf16_features = cuda::gate_features_from_pooled(
+            device_gate_bf16, plan, {pooled_query.data, pooled_key.data}, gate_sequences, workspace, stream);
+        cuda::select_blocks(plan, bf16_features, gate_sequences, topk, forced, topk_storage.buffers(), workspace,
+                            stream);
+      },
+      repeats, stream);
   row.graph_gate_topk = graph_time_ms(
       [&] {
         const auto from_q_k = cuda::gate_features<bfloat16>(device_gate, plan, q_view, k_view, true, workspace, stream);
@@ -385,15 +402,18 @@ int main(int argc, char** argv) {
              "checks are out of the time): gate + TopK 0.1 selection captured as one graph, the attention as another; "
              "median of "
           << repeats << " timings of 10 back-to-back replays.\n\n"
-          << "| tokens | gate (pool + project + RoPE) + TopK ms | pre-pooled gate + TopK ms | attention ms: default / "
-             "mma.sync kernel | (gate + TopK) / faster attention | (pre-pooled gate + TopK) / faster attention | "
-             "(pre-pooled gate + TopK + fused pooling's extra) / faster attention |\n|---|---|---|---|---|---|---|\n";
+          << "| tokens | gate (pool + project + RoPE) + TopK ms | pre-pooled gate + TopK ms (fp32 / bf16 weights) | "
+             "attention ms: default / mma.sync kernel | (gate + TopK) / faster attention | (pre-pooled gate + TopK) / "
+             "faster attention: fp32 / bf16 weights | (pre-pooled gate + TopK + fused pooling's extra) / faster "
+             "attention |\n|---|---|---|---|---|---|---|\n";
     for (const Row& r : rows) {
       char line[512];
-      std::snprintf(line, sizeof line, "| %lld | %.3f | %.3f | %.3f / %.3f | %.1f%% | %.1f%% | %.1f%% |\n",
-                    static_cast<long long>(r.tokens), r.graph_gate_topk, r.graph_pooled_topk, r.graph_attention,
-                    r.graph_attention_mma_sync, 100.0 * r.graph_gate_topk / r.best_graph_attention(),
+      std::snprintf(line, sizeof line,
+                    "| %lld | %.3f | %.3f / %.3f | %.3f / %.3f | %.1f%% | %.1f%% / %.1f%% | %.1f%% |\n",
+                    static_cast<long long>(r.tokens), r.graph_gate_topk, r.graph_pooled_topk, r.graph_pooled_bf16_topk,
+                    r.graph_attention, r.graph_attention_mma_sync, 100.0 * r.graph_gate_topk / r.best_graph_attention(),
                     100.0 * r.graph_pooled_topk / r.best_graph_attention(),
+                    100.0 * r.graph_pooled_bf16_topk / r.best_graph_attention(),
                     100.0 * (r.graph_pooled_topk + r.fused_pooling()) / r.best_graph_attention());
       table << line;
     }

@@ -103,6 +103,7 @@ struct GateCase {
   bool causal = true;
   std::string gate_type = "Qavg_Kmaxminavg";
   bool force_double = false;
+  bool bf16_weights = false;  // weights rounded to bf16, as the released gates are stored
   RopeConfig rope;
 };
 
@@ -113,7 +114,7 @@ inline std::string describe(const GateCase& c) {
   for (auto l : c.k_lengths) text += " " + std::to_string(l);
   return text + ", heads " + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) + ", D " +
          std::to_string(c.head_dim) + (c.causal ? ", causal" : ", non-causal") + (c.packed ? ", packed" : ", padded") +
-         ", rope " + c.rope.scaling.type;
+         ", rope " + c.rope.scaling.type + (c.bf16_weights ? ", bf16 weights" : "");
 }
 
 // A gate with random weights of the case's layout (normal, variance 1 / fan-in, so features are O(1)).
@@ -131,7 +132,7 @@ inline LearnedGate random_gate(const GateCase& c, std::mt19937_64& random) {
     if (shape.empty()) return weights;
     weights.resize(static_cast<std::size_t>(shape[0] * shape[1] * shape[2]));
     std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(shape[1])));
-    for (auto& w : weights) w = normal(random);
+    for (auto& w : weights) w = c.bf16_weights ? round_to<bfloat16>(normal(random)) : normal(random);
     return weights;
   };
   std::vector<float> k_weights = draw(layout.k_shape);

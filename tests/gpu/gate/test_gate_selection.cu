@@ -223,6 +223,23 @@ TEST_CASE("gpu gate: padded MHA, length not a multiple of 64 (bf16): features, T
   check_all_policies<bfloat16>(padded_case(1000, 4, 4), cuda::device_limits());
 }
 
+TEST_CASE("gpu gate: bf16 gate weights (the projection's two-product path), padded GQA 4/2") {
+  if (!gate_test::have_device()) {
+    MESSAGE("no usable CUDA device: GPU test skipped");
+    return;
+  }
+  GateCase c = padded_case(900, 4, 2);
+  c.bf16_weights = true;
+  std::mt19937_64 random(fresh_seed());
+  const cuda::DeviceLearnedGate exact(gate_test::random_gate(c, random));
+  CHECK(exact.projections_tf32_exact());
+  c.bf16_weights = false;
+  const cuda::DeviceLearnedGate inexact(gate_test::random_gate(c, random));
+  CHECK_FALSE(inexact.projections_tf32_exact());
+  c.bf16_weights = true;
+  check_all_policies<bfloat16>(c, cuda::device_limits());
+}
+
 TEST_CASE("gpu gate: packed varlen GQA 8/2, q chunks at the end of longer keys, llama3 RoPE (half)") {
   if (!gate_test::have_device()) {
     MESSAGE("no usable CUDA device: GPU test skipped");

@@ -48,6 +48,7 @@ inline constexpr int kSelectionMaxRows = 16;             // rows per work item (
 inline constexpr int kSelectionTensorKeyTile = 64;       // key blocks per shared tile on NVIDIA (8 warps x 8)
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
+inline constexpr int kLayoutThreads = 256;               // block_layout_kernel: the row facts of a sequence
 inline constexpr double kMassScale = 281474976710656.0;  // 2^48: fixed-point unit of probability mass
 
 // Visible key blocks of query block m that ForcedBlocks forces, in closed form (the sink prefix plus
@@ -455,6 +456,26 @@ struct KeepAboveThreshold {
 // and stopping as soon as a threshold keeps exactly the wanted number. Ties at the final key go to the lower
 // index, as in radix_select_count. Rows of 512 candidates (32k tokens) cost ~15 counting steps of 16
 // compares per lane instead of four shared-memory histogram passes.
+// How many of a lane's keys are >= trial. On NVIDIA through the carry of key - trial (no borrow: key >=
+// trial): two instructions per key instead of the compiler's compare, add and select.
+template <int Slots>
+__device__ inline int keys_at_or_above(const std::uint32_t (&key)[Slots], std::uint32_t trial) {
+#if defined(__HIPCC__)
+  int count = 0;
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) count += key[j] >= trial ? 1 : 0;
+  return count;
+#else
+  std::uint32_t count = 0;
+#pragma unroll
+  for (int j = 0; j < Slots; ++j)
+    asm("{\n .reg .u32 difference;\n sub.cc.u32 difference, %1, %2;\n addc.u32 %0, %0, 0;\n}"
+        : "+r"(count)
+        : "r"(key[j]), "r"(trial));
+  return static_cast<int>(count);
+#endif
+}
+
 template <int Slots>
 __device__ inline std::int64_t keep_best_in_registers(const RowView& row, int take, bool write, std::int32_t* out,
                                                       std::int64_t capacity) {
@@ -488,10 +509,7 @@ __device__ inline std::int64_t keep_best_in_registers(const RowView& row, int ta
   int at_or_above = row.visible;                                          // keys >= threshold (all of them)
   for (; bit >= 0; --bit) {
     const std::uint32_t trial = threshold | (1u << bit);
-    int count = 0;
-#pragma unroll
-    for (int j = 0; j < Slots; ++j) count += key[j] >= trial ? 1 : 0;
-    count = vendor::warp_sum_int(count);
+    const int count = vendor::warp_sum_int(keys_at_or_above(key, trial));
     if (count >= wanted) {
       threshold = trial;
       at_or_above = count;
@@ -804,10 +822,16 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
   auto fetch = [&](int tile, int chunk, float4(&into)[kChunksPerPass]) {
     const int key = 8 * tile + g < last_key ? 8 * tile + g : last_key;
     const float* at = key_features + static_cast<std::int64_t>(key) * dim + 16 * chunk + 4 * t;
+    if (!ragged) {  // uniform; constant offsets from one address
+#pragma unroll
+      for (int c = 0; c < kChunksPerPass; ++c)
+        if (chunk + c < chunks) into[c] = *reinterpret_cast<const float4*>(at + 16 * c);
+      return;
+    }
 #pragma unroll
     for (int c = 0; c < kChunksPerPass; ++c) {
       if (chunk + c >= chunks) break;  // uniform across the warp
-      const int back = ragged && 16 * (chunk + c) + 4 * t >= dim ? 8 : 0;
+      const int back = 16 * (chunk + c) + 4 * t >= dim ? 8 : 0;
       into[c] = *reinterpret_cast<const float4*>(at + 16 * c - back);
     }
   };
@@ -984,8 +1008,8 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
 namespace detail {
 
 // Inclusive block-wide sum of one value per thread, in thread order: a scan within each warp, then the
-// warps' totals (two barriers instead of a barrier pair per doubling step). `shared` holds kGateThreads
-// values; the sums are non-negative (row and block counts).
+// warps' totals (two barriers instead of a barrier pair per doubling step). `shared` holds one value per
+// warp; the sums are non-negative (row and block counts).
 __device__ inline std::int64_t block_inclusive_sum(std::int64_t value, std::int64_t* shared) {
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / vendor::warp_size, lane = thread % vendor::warp_size;
@@ -1003,10 +1027,10 @@ __device__ inline std::int64_t block_inclusive_sum(std::int64_t value, std::int6
 
 // Grid: one CTA per sequence. CTA 0 also writes query_block_offsets[b] = sum of query blocks of sequences
 // < b and row_offsets[0] = 0, and clears the overflow flag. CTA b writes its sequence's RowLayout: the row
-// facts of every query block, and for TopK the row-size prefix (kScanTile / kGateThreads rows per thread,
-// a CTA scan per kScanTile rows).
+// facts of every query block, and for TopK the row-size prefix (kScanTile / kLayoutThreads rows per thread,
+// a CTA scan per kScanTile rows). (1024 threads measured no faster: the kernel waits on memory.)
 template <class Policy>
-__global__ void __launch_bounds__(kGateThreads)
+__global__ void __launch_bounds__(kLayoutThreads)
     block_layout_kernel(const GateSequences sequences, const SelectionOutput output, const Policy policy,
                         const ForcedBlocks forced, const RowLayout layout) {
   __shared__ std::int64_t scan[kGateThreads];
@@ -1019,18 +1043,18 @@ __global__ void __launch_bounds__(kGateThreads)
       *output.overflow = 0;
     }
     std::int64_t base = 0;
-    for (std::int64_t first = 0; first < sequences.batch; first += kGateThreads) {
+    for (std::int64_t first = 0; first < sequences.batch; first += kLayoutThreads) {
       const std::int64_t b = first + thread;
       const std::int64_t blocks = b < sequences.batch ? sequences.geometry(b).query_blocks() : 0;
       const std::int64_t inclusive = detail::block_inclusive_sum(blocks, scan) + base;
       if (b < sequences.batch) output.query_block_offsets[b + 1] = static_cast<std::int32_t>(inclusive);
-      if (thread == kGateThreads - 1) tile_total = inclusive;  // the next tile starts after this one
+      if (thread == kLayoutThreads - 1) tile_total = inclusive;  // the next tile starts after this one
       __syncthreads();
       base = tile_total;
       __syncthreads();
     }
   }
-  constexpr int kPerThread = kScanTile / kGateThreads;
+  constexpr int kPerThread = kScanTile / kLayoutThreads;
   const std::int64_t b = blockIdx.x;
   if (b >= sequences.batch) return;  // an empty batch still runs CTA 0
   const BlockGeometry g = sequences.geometry(b);
@@ -1044,7 +1068,7 @@ __global__ void __launch_bounds__(kGateThreads)
   for (std::int64_t first = 0; first < blocks; first += kScanTile) {
     // Facts (and TopK sizes) with the rows spread over all threads, so that a short sequence keeps every
     // thread busy; then TopK's scan over kPerThread consecutive rows per thread.
-    for (int i = thread; i < kScanTile; i += kGateThreads) {
+    for (int i = thread; i < kScanTile; i += kLayoutThreads) {
       std::int64_t size = 0;
       if (first + i < blocks) {
         const detail::RowView view = detail::make_row_view(g, first + i, forced, policy);
@@ -1068,7 +1092,7 @@ __global__ void __launch_bounds__(kGateThreads)
         at += sizes[i];
         prefix[mine + i + 1] = at;
       }
-      if (thread == kGateThreads - 1) tile_total = inclusive;
+      if (thread == kLayoutThreads - 1) tile_total = inclusive;
       __syncthreads();
       running += tile_total;
       __syncthreads();

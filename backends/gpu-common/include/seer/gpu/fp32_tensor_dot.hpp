@@ -83,12 +83,14 @@ struct DotAccumulators {
   }
 };
 
-// One k8 step (step 0 or 1 of a chunk) of tile j in split precision.
-template <int RightTiles, int Chains>
+// One k8 step (step 0 or 1 of a chunk) of tile j in split precision. RightExact: the right operand's values
+// are TF32 numbers (small parts zero, e.g. bf16 weights), so big_a * small_b is exactly zero and skipped.
+template <bool RightExact = false, int RightTiles, int Chains>
 __device__ inline void multiply_split(DotAccumulators<RightTiles, Chains>& accumulators, int j, int step,
                                       const SplitTf32 (&a)[4], const SplitTf32 (&b)[2]) {
-  multiply_tf32(accumulators.chain[(3 * step) % Chains][j], a[0].big, a[1].big, a[2].big, a[3].big, b[0].small,
-                b[1].small);
+  if constexpr (!RightExact)
+    multiply_tf32(accumulators.chain[(3 * step) % Chains][j], a[0].big, a[1].big, a[2].big, a[3].big, b[0].small,
+                  b[1].small);
   multiply_tf32(accumulators.chain[(3 * step + 1) % Chains][j], a[0].small, a[1].small, a[2].small, a[3].small,
                 b[0].big, b[1].big);
   multiply_tf32(accumulators.chain[(3 * step + 2) % Chains][j], a[0].big, a[1].big, a[2].big, a[3].big, b[0].big,

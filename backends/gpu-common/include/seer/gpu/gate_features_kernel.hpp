@@ -10,6 +10,7 @@
 //                          bias), then applies RoPE: 32 blocks of one head per CTA, the weights streamed
 //                          through shared memory once per 32 blocks (fp32 FMA: AMD, and wider than 128).
 //   project_features_tensor_kernel the same product on NVIDIA tensor cores (split TF32), 64 blocks per CTA.
+//   rotate_rows_kernel     RoPE alone, for the identity projection (pre-pooled queries of a gate without one).
 //   rope_table_kernel      the RoPE coefficients of every (side, sequence, block, pair), once per call.
 //
 // RoPE is LearnedGate's: key block n at position n * B, query block m at (k_len - q_len) + m * B, the
@@ -305,7 +306,8 @@ struct ProjectParams {
   // input_width], for project_features_tensor_kernel.
   const float* weights = nullptr;
   const float* weights_transposed = nullptr;
-  float* output = nullptr;  // [batch, output_heads, max_blocks, dim]
+  bool weights_tf32_exact = false;  // every weight is a TF32 number (DeviceLearnedGate checks on upload)
+  float* output = nullptr;          // [batch, output_heads, max_blocks, dim]
   std::int64_t output_heads = 0;
   std::int64_t dim = 0;
   std::int64_t max_blocks = 0;
@@ -411,26 +413,10 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
   const std::int64_t input_head = o / (params.output_heads / params.input_heads);
   const float* input =
       params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
-  const float* weights = params.weights != nullptr ? params.weights + o * params.input_width * params.dim : nullptr;
+  const float* weights = params.weights + o * params.input_width * params.dim;
 
   float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply (kWeightTileRows >= kProjectionRows)
-  if (weights == nullptr) {
-    // Identity (a gate without q projection fed pre-pooled features): only RoPE remains. The copy is
-    // latency-bound: each thread issues all its 16-byte loads (up to 8: 32 rows x 256 floats over 256
-    // threads) before the first store.
-    constexpr int kLoads = kProjectionRows * MaxFeatureDim / 4 / kThreads;
-    const int vectors = dim / 4;
-    float4 staged[kLoads];
-#pragma unroll
-    for (int j = 0; j < kLoads; ++j) {
-      const int i = thread + j * kThreads, row = i / vectors;
-      staged[j] = row < rows ? *reinterpret_cast<const float4*>(input + row * params.input_width + 4 * (i % vectors))
-                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-#pragma unroll
-    for (int j = 0; j < kLoads; ++j) *reinterpret_cast<float4*>(projected + 4 * (thread + j * kThreads)) = staged[j];
-    __syncthreads();
-  } else {
+  {
     float accumulator[8][4];
 #pragma unroll
     for (int r = 0; r < 8; ++r)
@@ -517,6 +503,41 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
   detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
 }
 
+// RoPE alone (the identity projection: a gate without q projection fed pre-pooled features), at memory
+// speed: thread i of a CTA rotates pairs 4 v .. 4 v + 3 (v = i % (dim / 8)) of row i / (dim / 8) with
+// 16-byte loads and stores of the row's two halves and of the RoPE table. Grid (ceil(max_blocks /
+// rotated_rows_per_cta(dim)), output_heads, batch).
+SEER_HOST_DEVICE constexpr int rotated_rows_per_cta(int threads, std::int64_t dim) {
+  return threads / static_cast<int>(dim / 8);
+}
+template <int Threads>
+__global__ void __launch_bounds__(Threads) rotate_rows_kernel(const ProjectParams params) {
+  const int half = static_cast<int>(params.dim / 2), vectors = half / 4;
+  const int thread = static_cast<int>(threadIdx.x);
+  const int local_row = thread / vectors, v = thread % vectors;
+  if (local_row >= rotated_rows_per_cta(Threads, params.dim)) return;
+  const std::int64_t block =
+      static_cast<std::int64_t>(blockIdx.x) * rotated_rows_per_cta(Threads, params.dim) + local_row;
+  const std::int64_t o = blockIdx.y, b = blockIdx.z;
+  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
+  if (block >= BlockGeometry::ceil_div(length, params.sequences.block_size)) return;
+  const std::int64_t input_head = o / (params.output_heads / params.input_heads);
+  const float* input =
+      params.input + ((b * params.input_heads + input_head) * params.max_blocks + block) * params.input_width + 4 * v;
+  float* output = params.output + ((b * params.output_heads + o) * params.max_blocks + block) * params.dim + 4 * v;
+  float4 first = *reinterpret_cast<const float4*>(input);
+  float4 second = *reinterpret_cast<const float4*>(input + half);
+  const float2* coefficients = params.rope_table.row(params.is_query, b, block) + 4 * v;
+  const float4 pairs01 = *reinterpret_cast<const float4*>(coefficients);
+  const float4 pairs23 = *reinterpret_cast<const float4*>(coefficients + 2);
+  detail::rotate_pair(make_float2(pairs01.x, pairs01.y), first.x, second.x);
+  detail::rotate_pair(make_float2(pairs01.z, pairs01.w), first.y, second.y);
+  detail::rotate_pair(make_float2(pairs23.x, pairs23.y), first.z, second.z);
+  detail::rotate_pair(make_float2(pairs23.z, pairs23.w), first.w, second.w);
+  *reinterpret_cast<float4*>(output) = first;
+  *reinterpret_cast<float4*>(output + half) = second;
+}
+
 #if !defined(__HIPCC__)
 inline constexpr int kTensorProjectionRows = 64;      // blocks per CTA of project_features_tensor_kernel
 inline constexpr int kTensorProjectionColumns = 128;  // the largest output width it takes
@@ -541,7 +562,9 @@ constexpr int tensor_projection_shared_bytes() {
   return kTensorProjectionStages * tensor_projection_stage_floats() * static_cast<int>(sizeof(float));
 }
 
-template <int Columns>
+// ExactWeights: every weight is a TF32 number (bf16 checkpoints, as the released gates are stored), so the
+// product of the inputs' big parts with the weights' small parts (zero) is skipped: two products, not three.
+template <int Columns, bool ExactWeights>
 __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const ProjectParams params) {
   static_assert(Columns == kTensorProjectionColumns, "warps cover 4 x 32 columns");
   constexpr int kThreads = 256;
@@ -649,8 +672,8 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
         const SplitTf32 b_second[2] = {column[2], column[3]};
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          multiply_split(dots, 4 * i + j, 0, first[i], b_first);
-          multiply_split(dots, 4 * i + j, 1, second[i], b_second);
+          multiply_split<ExactWeights>(dots, 4 * i + j, 0, first[i], b_first);
+          multiply_split<ExactWeights>(dots, 4 * i + j, 1, second[i], b_second);
         }
       }
     }

@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -90,6 +91,7 @@ class DeviceLearnedGate {
         key_projection_transposed_ = upload_transposed(gate.k_projection(), key_input_width());
         if (has_q_projection_)
           query_projection_transposed_ = upload_transposed(gate.q_projection(), query_input_width());
+        projections_tf32_exact_ = tf32_exact(gate.k_projection()) && tf32_exact(gate.q_projection());
       } else {
         key_projection_ = upload_to_device(gate.k_projection(), "DeviceLearnedGate");
         if (has_q_projection_) query_projection_ = upload_to_device(gate.q_projection(), "DeviceLearnedGate");
@@ -129,6 +131,9 @@ class DeviceLearnedGate {
   const float* query_projection() const { return query_projection_; }
   // The weights as [heads, dim, input width] (the tensor-core projection reads output columns as rows).
   const float* key_projection_transposed() const { return key_projection_transposed_; }
+  // Every projection weight is a TF32 number (low 13 mantissa bits zero: bf16 or TF32 checkpoints); the
+  // tensor-core projection then needs two products per step instead of three, with identical results.
+  bool projections_tf32_exact() const { return projections_tf32_exact_; }
   const float* query_projection_transposed() const { return query_projection_transposed_; }
   DeviceRope rope() const { return DeviceRope{inverse_frequencies_, hidden_size_ / 2, attention_factor_}; }
 
@@ -147,6 +152,14 @@ class DeviceLearnedGate {
   bool has_q_projection_;
   double attention_factor_;
   std::vector<int> query_pools_, key_pools_;
+  static bool tf32_exact(const std::vector<float>& weights) {
+    for (const float w : weights) {
+      std::uint32_t bits = 0;
+      std::memcpy(&bits, &w, sizeof bits);
+      if ((bits & 0x1fffu) != 0) return false;
+    }
+    return true;
+  }
   // Weights [heads, rows, hidden] uploaded as [heads, hidden, rows].
   float* upload_transposed(const std::vector<float>& weights, std::int64_t rows) const {
     const std::int64_t columns = hidden_size_;
@@ -162,6 +175,7 @@ class DeviceLearnedGate {
 
   float* key_projection_ = nullptr;
   float* query_projection_ = nullptr;
+  bool projections_tf32_exact_ = false;
   float* key_projection_transposed_ = nullptr;
   float* query_projection_transposed_ = nullptr;
   double* inverse_frequencies_ = nullptr;
@@ -475,12 +489,22 @@ inline void validate_sequences(const GateSelectionPlan& plan, const GateSequence
 // One projection launch: tiles sized for 128 columns when the features fit, else for 256.
 inline void launch_projection(const ProjectParams& params, std::int64_t batch, const char* what,
                               vendor::stream_t stream) {
+  if (params.weights == nullptr && params.weights_transposed == nullptr) {  // identity: RoPE alone
+    constexpr int kThreads = 256;
+    const std::int64_t rows_per_cta = rotated_rows_per_cta(kThreads, params.dim);
+    rotate_rows_kernel<kThreads>
+        <<<grid_of((params.max_blocks + rows_per_cta - 1) / rows_per_cta, params.output_heads, batch), kThreads, 0,
+           stream>>>(params);
+    vendor::check_last_launch(what);
+    return;
+  }
 #if !defined(__HIPCC__)
   // NVIDIA: tensor cores (split TF32) for projections up to 128 wide.
   if (params.weights_transposed != nullptr) {  // the gate's uses_tensor_projection()
     const dim3 grid =
         grid_of((params.max_blocks + kTensorProjectionRows - 1) / kTensorProjectionRows, params.output_heads, batch);
-    auto* kernel = &project_features_tensor_kernel<kTensorProjectionColumns>;
+    auto* kernel = params.weights_tf32_exact ? &project_features_tensor_kernel<kTensorProjectionColumns, true>
+                                             : &project_features_tensor_kernel<kTensorProjectionColumns, false>;
     vendor::set_max_dynamic_shared_bytes(kernel, tensor_projection_shared_bytes());
     kernel<<<grid, 256, tensor_projection_shared_bytes(), stream>>>(params);
     vendor::check_last_launch(what);
@@ -516,6 +540,7 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
   key.input_width = gate.key_input_width();
   key.weights = gate.key_projection();
   key.weights_transposed = gate.key_projection_transposed();
+  key.weights_tf32_exact = gate.projections_tf32_exact();
   key.output = features.key;
   key.output_heads = gate.key_heads();
   key.dim = gate.hidden_size();
@@ -674,7 +699,7 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
   // One layout CTA per sequence: the row facts (TopK: and the rows' places).
   const RowLayout layout = plan.row_layout(workspace);
   block_layout_kernel<Policy>
-      <<<detail::grid_of(std::max<std::int64_t>(1, plan.batch()), 1, 1), kGateThreads, 0, stream>>>(
+      <<<detail::grid_of(std::max<std::int64_t>(1, plan.batch()), 1, 1), kLayoutThreads, 0, stream>>>(
           sequences, out, policy, forced, layout);
   vendor::check_last_launch("block_layout_kernel launch");
   if (plan.batch() == 0 || plan.max_query_blocks() == 0) return view;
