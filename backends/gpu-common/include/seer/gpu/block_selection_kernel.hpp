@@ -889,6 +889,7 @@ SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, 
 template <class Policy>
 __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
     block_selection_kernel(const SelectionParams<Policy> params) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   extern __shared__ __align__(16) unsigned char selection_shared[];
   constexpr int kWarps = kGateThreads / vendor::warp_size;
   const int dim = static_cast<int>(params.features.dim);
@@ -1033,6 +1034,7 @@ template <class Policy>
 __global__ void __launch_bounds__(kLayoutThreads)
     block_layout_kernel(const GateSequences sequences, const SelectionOutput output, const Policy policy,
                         const ForcedBlocks forced, const RowLayout layout) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   __shared__ std::int64_t scan[kGateThreads];
   __shared__ std::int64_t tile_total;
   const int thread = static_cast<int>(threadIdx.x);
@@ -1105,6 +1107,7 @@ template <int Threads>
 __global__ void __launch_bounds__(Threads)
     scan_tile_totals_kernel(const std::int64_t heads, const std::int64_t batch, const SelectionOutput output,
                             std::int64_t* tile_totals) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
   __shared__ std::int64_t scan[kGateThreads];
   const std::int64_t rows = heads * output.query_block_offsets[batch];
@@ -1125,6 +1128,7 @@ template <int Threads>
 __global__ void __launch_bounds__(Threads)
     scan_rows_kernel(const std::int64_t heads, const std::int64_t batch, const SelectionOutput output,
                      const std::int64_t* tile_totals) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   static_assert(Threads == kGateThreads, "the scans run kGateThreads threads");
   __shared__ std::int64_t scan[kGateThreads];
   constexpr int kPerThread = kScanTile / kGateThreads;

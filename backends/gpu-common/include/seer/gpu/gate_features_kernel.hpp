@@ -204,6 +204,7 @@ constexpr std::int64_t pool_blocks_per_cta(int warp_size) { return kPoolThreads 
 // CTA-wide barrier: each warp works alone.
 template <class T>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams<T> params) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   constexpr int kWarps = kPoolThreads / vendor::warp_size;
   __shared__ float partial_max[kPoolThreads * 8];
   __shared__ float partial_min[kPoolThreads * 8];
@@ -320,6 +321,7 @@ struct ProjectParams {
 template <int Threads>
 __global__ void __launch_bounds__(Threads)
     rope_table_kernel(const GateSequences sequences, const DeviceRope rope, const RopeTable table) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   const std::int64_t entry = static_cast<std::int64_t>(blockIdx.x) * Threads + threadIdx.x;
   if (entry >= table.max_blocks * table.half) return;
   const std::int64_t b = blockIdx.y, block = entry / table.half, i = entry % table.half;
@@ -385,6 +387,7 @@ __device__ inline void write_rotated_rows(const ProjectParams& params, const flo
 template <int MaxFeatureDim>
 __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim == 128 ? 4 : 2))
     project_features_kernel(const ProjectParams params) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   static_assert(MaxFeatureDim % 128 == 0 && MaxFeatureDim <= kGateMaxFeatureDim, "tiles cover 128 columns per set");
   constexpr int kThreads = MaxFeatureDim;
   constexpr int kColumnSets = MaxFeatureDim / 128;
@@ -512,6 +515,7 @@ SEER_HOST_DEVICE constexpr int rotated_rows_per_cta(int threads, std::int64_t di
 }
 template <int Threads>
 __global__ void __launch_bounds__(Threads) rotate_rows_kernel(const ProjectParams params) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   const int half = static_cast<int>(params.dim / 2), vectors = half / 4;
   const int thread = static_cast<int>(threadIdx.x);
   const int local_row = thread / vectors, v = thread % vectors;
@@ -566,6 +570,7 @@ constexpr int tensor_projection_shared_bytes() {
 // product of the inputs' big parts with the weights' small parts (zero) is skipped: two products, not three.
 template <int Columns, bool ExactWeights>
 __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const ProjectParams params) {
+  vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   static_assert(Columns == kTensorProjectionColumns, "warps cover 4 x 32 columns");
   constexpr int kThreads = 256;
   constexpr int kRows = kTensorProjectionRows;

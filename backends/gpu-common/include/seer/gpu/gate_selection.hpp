@@ -492,10 +492,10 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
   if (params.weights == nullptr && params.weights_transposed == nullptr) {  // identity: RoPE alone
     constexpr int kThreads = 256;
     const std::int64_t rows_per_cta = rotated_rows_per_cta(kThreads, params.dim);
-    rotate_rows_kernel<kThreads>
-        <<<grid_of((params.max_blocks + rows_per_cta - 1) / rows_per_cta, params.output_heads, batch), kThreads, 0,
-           stream>>>(params);
-    vendor::check_last_launch(what);
+    vendor::launch_after_prior_grid(
+        what, &rotate_rows_kernel<kThreads>,
+        grid_of((params.max_blocks + rows_per_cta - 1) / rows_per_cta, params.output_heads, batch), dim3(kThreads), 0,
+        stream, params);
     return;
   }
 #if !defined(__HIPCC__)
@@ -506,18 +506,17 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
     auto* kernel = params.weights_tf32_exact ? &project_features_tensor_kernel<kTensorProjectionColumns, true>
                                              : &project_features_tensor_kernel<kTensorProjectionColumns, false>;
     vendor::set_max_dynamic_shared_bytes(kernel, tensor_projection_shared_bytes());
-    kernel<<<grid, 256, tensor_projection_shared_bytes(), stream>>>(params);
-    vendor::check_last_launch(what);
+    vendor::launch_after_prior_grid(what, kernel, grid, dim3(256), tensor_projection_shared_bytes(), stream, params);
     return;
   }
 #endif
   const dim3 grid = grid_of((params.max_blocks + kProjectionRows - 1) / kProjectionRows, params.output_heads, batch);
   if (params.dim <= 128) {
-    project_features_kernel<128><<<grid, 128, 0, stream>>>(params);
+    vendor::launch_after_prior_grid(what, &project_features_kernel<128>, grid, dim3(128), 0, stream, params);
   } else {
-    project_features_kernel<kGateMaxFeatureDim><<<grid, kGateMaxFeatureDim, 0, stream>>>(params);
+    vendor::launch_after_prior_grid(what, &project_features_kernel<kGateMaxFeatureDim>, grid, dim3(kGateMaxFeatureDim),
+                                    0, stream, params);
   }
-  vendor::check_last_launch(what);
 }
 
 // Projection (+ RoPE) of pooled features into the plan's feature buffers.
@@ -529,10 +528,9 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
   const RopeTable table = plan.rope_table(workspace);
   if (table.max_blocks > 0) {
     constexpr int kThreads = 256;
-    rope_table_kernel<kThreads>
-        <<<grid_of((table.max_blocks * table.half + kThreads - 1) / kThreads, table.batch, 2), kThreads, 0, stream>>>(
-            sequences, gate.rope(), table);
-    vendor::check_last_launch("rope_table_kernel launch");
+    vendor::launch_after_prior_grid("rope_table_kernel launch", &rope_table_kernel<kThreads>,
+                                    grid_of((table.max_blocks * table.half + kThreads - 1) / kThreads, table.batch, 2),
+                                    dim3(kThreads), 0, stream, sequences, gate.rope(), table);
   }
   ProjectParams key;
   key.input = pooled_key;
@@ -584,9 +582,9 @@ void launch_pooling(const DeviceLearnedGate& gate, const SequenceBatch<const T>&
   params.rope = gate.rope();
   // vendor::warp_size is the widest warp on HIP's host pass, the exact one on CUDA: the grid covers all blocks.
   const std::int64_t per_cta = pool_blocks_per_cta(vendor::warp_size);
-  pool_blocks_kernel<T>
-      <<<grid_of((max_blocks + per_cta - 1) / per_cta, input.heads, input.batch), kPoolThreads, 0, stream>>>(params);
-  vendor::check_last_launch(is_query ? "pool_blocks_kernel launch (queries)" : "pool_blocks_kernel launch (keys)");
+  vendor::launch_after_prior_grid(
+      is_query ? "pool_blocks_kernel launch (queries)" : "pool_blocks_kernel launch (keys)", &pool_blocks_kernel<T>,
+      grid_of((max_blocks + per_cta - 1) / per_cta, input.heads, input.batch), dim3(kPoolThreads), 0, stream, params);
 }
 
 inline void validate_buffers(const GateSelectionPlan& plan, const DeviceBlockSetBuffers& output) {
@@ -609,9 +607,9 @@ void launch_selection(const GateSelectionPlan& plan, SelectionParams<Policy> par
   auto* kernel = &block_selection_kernel<Policy>;
   const int shared_bytes = plan.selection_shared_bytes<Policy>();
   vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
-  kernel<<<grid_of(plan.grid(), 1, 1), kGateThreads, shared_bytes, stream>>>(params);
-  vendor::check_last_launch(params.write ? "block_selection_kernel launch (write)"
-                                         : "block_selection_kernel launch (count)");
+  vendor::launch_after_prior_grid(
+      params.write ? "block_selection_kernel launch (write)" : "block_selection_kernel launch (count)", kernel,
+      grid_of(plan.grid(), 1, 1), dim3(kGateThreads), static_cast<std::size_t>(shared_bytes), stream, params);
 }
 
 }  // namespace detail
@@ -698,10 +696,9 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
 
   // One layout CTA per sequence: the row facts (TopK: and the rows' places).
   const RowLayout layout = plan.row_layout(workspace);
-  block_layout_kernel<Policy>
-      <<<detail::grid_of(std::max<std::int64_t>(1, plan.batch()), 1, 1), kLayoutThreads, 0, stream>>>(
-          sequences, out, policy, forced, layout);
-  vendor::check_last_launch("block_layout_kernel launch");
+  vendor::launch_after_prior_grid("block_layout_kernel launch", &block_layout_kernel<Policy>,
+                                  detail::grid_of(std::max<std::int64_t>(1, plan.batch()), 1, 1), dim3(kLayoutThreads),
+                                  0, stream, sequences, out, policy, forced, layout);
   if (plan.batch() == 0 || plan.max_query_blocks() == 0) return view;
 
   SelectionParams<Policy> params;
@@ -724,12 +721,12 @@ BlockSetView select_blocks(const GateSelectionPlan& plan, const GateFeatures& fe
     params.write = false;
     detail::launch_selection(plan, params, stream);
     const std::int64_t tiles = (plan.row_bound() + kScanTile - 1) / kScanTile;
-    scan_tile_totals_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
-        plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
-    vendor::check_last_launch("scan_tile_totals_kernel launch");
-    scan_rows_kernel<kGateThreads><<<detail::grid_of(tiles, 1, 1), kGateThreads, 0, stream>>>(
-        plan.heads(), plan.batch(), out, plan.tile_totals(workspace));
-    vendor::check_last_launch("scan_rows_kernel launch");
+    vendor::launch_after_prior_grid("scan_tile_totals_kernel launch", &scan_tile_totals_kernel<kGateThreads>,
+                                    detail::grid_of(tiles, 1, 1), dim3(kGateThreads), 0, stream, plan.heads(),
+                                    plan.batch(), out, plan.tile_totals(workspace));
+    vendor::launch_after_prior_grid("scan_rows_kernel launch", &scan_rows_kernel<kGateThreads>,
+                                    detail::grid_of(tiles, 1, 1), dim3(kGateThreads), 0, stream, plan.heads(),
+                                    plan.batch(), out, static_cast<const std::int64_t*>(plan.tile_totals(workspace)));
   }
   params.write = true;
   detail::launch_selection(plan, params, stream);

@@ -131,6 +131,34 @@ void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
         "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
 }
 
+// ---- Programmatic dependent launch ------------------------------------------------------------------
+// launch_after_prior_grid starts a kernel of a chain (the gate's kernels: each reads what the one before it
+// wrote). On compute capability 9.0 and newer it is launched with programmatic stream serialization, so that
+// its launch overlaps the end of the kernel before it in the stream (in a CUDA graph too); such a kernel
+// calls wait_for_prior_grid() before it touches memory, which returns once every prior kernel has finished
+// and its writes are visible. On older devices: a plain launch, and the wait is a no-op.
+inline bool device_has_dependent_launch() {
+  int device = 0, major = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  return major >= 9;
+}
+template <class... Params, class... Args>
+void launch_after_prior_grid(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             std::size_t shared_bytes, stream_t stream, const Args&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = device_has_dependent_launch() ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, args...), what);
+}
+
 // ---- Warp-level primitives --------------------------------------------------------------------------
 
 // A compile-time constant: the HIP branch (vendor_hip.hpp) makes it 64 on CDNA. Host code that needs the width
@@ -227,6 +255,13 @@ __device__ inline void copy_async_16_bytes(void* shared_destination, const void*
 }
 
 __device__ inline void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// See launch_after_prior_grid.
+__device__ inline void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 // Waits until at most `Pending` committed groups are still in flight.
 template <int Pending>

@@ -121,6 +121,15 @@ void set_max_dynamic_shared_bytes(Kernel* kernel, int bytes) {
         "hipFuncSetAttribute(MaxDynamicSharedMemorySize)");
 }
 
+// CUDA's programmatic dependent launch has no HIP counterpart: a plain launch, and the wait is a no-op.
+template <class... Params, class... Args>
+void launch_after_prior_grid(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             std::size_t shared_bytes, stream_t stream, const Args&... args) {
+  kernel<<<grid, block, shared_bytes, stream>>>(args...);
+  check_last_launch(what);
+}
+__device__ inline void wait_for_prior_grid() {}
+
 // ---- Warp-level primitives --------------------------------------------------------------------------
 
 // The wavefront width of the target being compiled: 64 on CDNA, 32 on RDNA. Only the device pass
