@@ -31,6 +31,7 @@
 #include "seer/decode/kv_cache.hpp"
 #include "seer/gpu/decode_params.hpp"
 #include "seer/gpu/tensor_core.hpp"
+#include "seer/gpu/tile_copy.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::gpu {
@@ -112,39 +113,16 @@ __device__ inline void copy_kv_16_bytes(void* shared_destination, const void* gl
                "l"(global_source), "r"(valid ? 16 : 0), "l"(policy));
 }
 
-// detail::load_tile_async (seer/gpu/prefill_kernel.hpp: the same swizzled layout and walk, one add per
-// copy) with the K/V copies' L2 policy: `valid_rows` rows of a 64 x HeadDim tile, zeros after them.
-template <class Traits, class T>
-__device__ inline void load_kv_tile_async(T* shared_tile, const T* first_row, std::int64_t row_stride,
-                                          std::int64_t valid_rows, std::uint64_t policy) {
-  static_assert(Traits::kThreads % Traits::kChunksPerRow == 0, "threads must cover whole rows");
-  constexpr int kRowsPerPass = Traits::kThreads / Traits::kChunksPerRow;
-  static_assert(Traits::kTileRows % kRowsPerPass == 0, "passes must cover the tile");
-  const int chunk = static_cast<int>(threadIdx.x) % Traits::kChunksPerRow;
-  const int first = static_cast<int>(threadIdx.x) / Traits::kChunksPerRow;
-  const T* source = first_row + first * row_stride + chunk * 8;
-  const std::int64_t pass_stride = kRowsPerPass * row_stride;
-  T* const destination_row = shared_tile + first * Traits::kChunksPerRow * 8;
-  const int first_low_bits = first & 7;
-  if (valid_rows >= Traits::kTileRows) {  // every tile but a ragged tail: no predicates
-#pragma unroll
-    for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
-      const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
-      copy_kv_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8, source,
-                       policy);
-      source += pass_stride;
-    }
-    return;
+// The copy policy of detail::load_tile_async (seer/gpu/tile_copy.hpp) for K/V tiles: the calls' L2 policy.
+struct KvTileCopy {
+  std::uint64_t policy;
+  __device__ void operator()(void* destination, const void* source) const {
+    copy_kv_16_bytes(destination, source, policy);
   }
-#pragma unroll
-  for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
-    const bool valid = first + pass * kRowsPerPass < valid_rows;
-    const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
-    copy_kv_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8,
-                     valid ? source : first_row, policy, valid);
-    source += pass_stride;
+  __device__ void operator()(void* destination, const void* source, bool valid) const {
+    copy_kv_16_bytes(destination, source, policy, valid);
   }
-}
+};
 #endif  // !__HIPCC__
 
 // Fills `work` for this CTA; false when it has nothing to do (a split beyond the row's effective
@@ -374,7 +352,7 @@ template <class T, int HeadDim, int RowBlocks, bool Deep = false>
 struct DecodeTraits {
   static_assert(HeadDim == 64 || HeadDim == 128, "the decode kernel supports head dims 64 and 128");
   static_assert(RowBlocks == 1 || RowBlocks == 2 || RowBlocks == 4, "query tiles have 16, 32 or 64 rows");
-  static constexpr int kTileRows = 64;  // keys per K/V tile (the name load_kv_tile_async reads)
+  static constexpr int kTileRows = 64;  // keys per K/V tile (the name detail::load_tile_async reads)
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowBlocks = RowBlocks;
@@ -438,9 +416,9 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     const std::int64_t valid_rows = work.cached_tokens - first_key;
     if (params.tile_in_one_page) {  // one address per tile, rows token_stride apart
       const std::int64_t offset = valid_rows > 0 ? cache.offset(work.sequence, first_key, work.kv_head) : 0;
-      decode_detail::load_kv_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows, kv_policy);
-      decode_detail::load_kv_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows,
-                                                kv_policy);
+      const decode_detail::KvTileCopy copy{kv_policy};
+      detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows, copy);
+      detail::load_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows, copy);
       return;
     }
     // Pages smaller than a tile (or not a multiple of it): each token row has its own page.

@@ -22,6 +22,7 @@
 #include "seer/core/sequence_batch.hpp"
 #include "seer/gpu/prefill_params.hpp"
 #include "seer/gpu/tensor_core.hpp"
+#include "seer/gpu/tile_copy.hpp"
 #include "seer/gpu/vendor.hpp"
 
 namespace seer::gpu {
@@ -53,46 +54,6 @@ struct PrefillTraits {
 };
 
 namespace detail {
-
-// Asynchronously copies `valid_rows` rows of a 64 x HeadDim tile (zero-filling the rest) into a
-// swizzled shared tile. Rows are `row_stride` elements apart in global memory. Each thread keeps one
-// chunk column and walks down the rows, so the global address advances by one add per copy (the
-// address arithmetic of a generic index loop cost a quarter of the issue slots).
-template <class Traits, class T>
-__device__ inline void load_tile_async(T* shared_tile, const T* first_row, std::int64_t row_stride,
-                                       std::int64_t valid_rows) {
-  static_assert(Traits::kThreads % Traits::kChunksPerRow == 0, "threads must cover whole rows");
-  constexpr int kRowsPerPass = Traits::kThreads / Traits::kChunksPerRow;
-  static_assert(Traits::kTileRows % kRowsPerPass == 0, "passes must cover the tile");
-  const int chunk = static_cast<int>(threadIdx.x) % Traits::kChunksPerRow;
-  const int first = static_cast<int>(threadIdx.x) / Traits::kChunksPerRow;
-  const T* source = first_row + first * row_stride + chunk * 8;
-  const std::int64_t pass_stride = kRowsPerPass * row_stride;
-  // The swizzle of row first + pass * kRowsPerPass depends only on (pass * kRowsPerPass) % 8: written
-  // this way the destinations are one register plus compile-time offsets (16 separately computed
-  // addresses were hoisted out of the key loop and spilled).
-  T* const destination_row = shared_tile + first * Traits::kChunksPerRow * 8;
-  const int first_low_bits = first & 7;
-  if (valid_rows >= Traits::kTileRows) {  // every tile but a ragged tail: no predicates, no selects
-#pragma unroll
-    for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
-      const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
-      vendor::copy_async_16_bytes(
-          destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8, source);
-      source += pass_stride;
-    }
-    return;
-  }
-#pragma unroll
-  for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
-    const int row = first + pass * kRowsPerPass;
-    const bool valid = row < valid_rows;
-    const int swizzled_chunk = chunk ^ ((first_low_bits + ((pass * kRowsPerPass) & 7)) & 7);
-    vendor::copy_async_16_bytes(destination_row + pass * kRowsPerPass * Traits::kChunksPerRow * 8 + swizzled_chunk * 8,
-                                valid ? source : first_row, valid);
-    source += pass_stride;
-  }
-}
 
 // The key tiles one query tile visits: dense (every visible tile) or the kept blocks of its
 // BlockSet row, each expanded into tiles_per_block tiles.
