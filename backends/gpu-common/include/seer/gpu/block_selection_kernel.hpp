@@ -3,11 +3,13 @@
 //
 // block_selection_kernel: one work item is a tile of up to R consecutive query-block rows of one
 // (sequence, head). Its CTA computes the tile's logits, scale * dot(Qg[m], Kg[n]) for the visible key
-// blocks n of each row, with the key features streamed through shared memory 32 or 64 blocks at a time
-// (one load serves all R rows: the key features are read ~S/(B R) times per head from L2, so R should
-// stay large), into a per-CTA logit buffer: shared memory when at least 4 rows fit (R = 16 up to 64k
-// tokens on CUDA), else R = 16 rows in a slice of the workspace that only the CTA holding it touches
-// (1M tokens: 16384 candidates per row, 1 MiB per slice); then each warp selects its rows from that buffer:
+// blocks n of each row: on NVIDIA on tensor cores in split TF32, each warp streaming its share of the key
+// features from L2 straight into registers (one load serves all R rows); on AMD with fp32 FMA tiles, the
+// key features staged through shared memory 32 or 64 blocks at a time. The key features are read ~S/(B R)
+// times per head from L2, so R should stay large. The logits go to a per-CTA buffer: shared memory when at
+// least 4 rows fit (R = 16 up to 128k tokens on CUDA), else R = 16 rows in a slice of the workspace that only the
+// CTA holding it touches (1M tokens: 16384 candidates per row, 1 MiB per slice); then each warp selects its
+// rows from that buffer (rows of up to 512 candidates with their keys in registers):
 //   - TopK (k = TopK::budget(geometry), forced blocks inside k), ranking the logits: a radix select on
 //     the order-preserving bit pattern of the fp32 logits, 8 bits per pass, finds the k-th best key;
 //     ties at that key go to the lower index, as in row_candidates.hpp's ranks_before.
@@ -19,12 +21,15 @@
 //     on the order of the (atomic) additions: graph replays give the same BlockSet.
 // Forced blocks (ForcedBlocks::is_forced, row_is_dense) are the CPU policies' own functions.
 //
-// Writing a compressed row set needs every row's size first. TopK sizes follow from the geometry alone
-// (row_sizes_kernel); Threshold and Nucleus run the selection kernel twice, first counting, then
-// writing (recomputing logits is cheaper than storing them). Between the two, an exclusive scan over the
-// rows (scan_tile_totals_kernel + scan_rows_kernel) turns sizes into row_offsets, clamped to the caller's
-// key_blocks capacity; when the kept blocks exceed it, the overflow flag is set and the clamped rows hold
-// ascending prefixes, so the BlockSet stays safe to read (and the caller learns it is incomplete).
+// block_layout_kernel runs first, one CTA per sequence: the row facts every head's row needs (RowLayout)
+// and the sequences' query-block offsets.
+// Writing a compressed row set needs every row's place first. TopK sizes follow from the geometry alone:
+// block_layout_kernel also scans them per sequence, and the selection kernel places its rows and writes
+// row_offsets itself. Threshold and Nucleus run the selection kernel twice, first counting, then writing
+// (recomputing logits is cheaper than storing them); between the two, an exclusive scan over the rows
+// (scan_tile_totals_kernel + scan_rows_kernel) turns sizes into row_offsets. Offsets are clamped to the
+// caller's key_blocks capacity; when the kept blocks exceed it, the overflow flag is set and the clamped
+// rows hold ascending prefixes, so the BlockSet stays safe to read (and the caller learns it is incomplete).
 #pragma once
 
 #include <cstdint>
@@ -45,7 +50,7 @@
 namespace seer::gpu {
 
 inline constexpr int kSelectionMaxRows = 16;             // rows per work item (one 16-row tensor-core tile)
-inline constexpr int kSelectionTensorKeyTile = 64;       // key blocks per shared tile on NVIDIA (8 warps x 8)
+inline constexpr int kSelectionTensorKeyTile = 64;       // NVIDIA: the plan's key_tile (unused: keys are streamed)
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr int kLayoutThreads = 256;               // block_layout_kernel: the row facts of a sequence

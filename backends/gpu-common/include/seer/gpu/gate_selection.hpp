@@ -244,7 +244,7 @@ class GateSelectionPlan {
 #if defined(__HIPCC__)
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
 #else
-    key_tile_ = kSelectionTensorKeyTile;  // the tensor-core tiles: 16 rows x 64 keys
+    key_tile_ = kSelectionTensorKeyTile;  // unused by the tensor-core logits (keys streamed per warp)
 #endif
     require(limits.warp_size == 32 || limits.warp_size == 64, "limits.warp_size", "is ", limits.warp_size,
             ", expected 32 or 64");
