@@ -50,7 +50,6 @@
 namespace seer::gpu {
 
 inline constexpr int kSelectionMaxRows = 16;             // rows per work item (one 16-row tensor-core tile)
-inline constexpr int kSelectionTensorKeyTile = 64;       // NVIDIA: the plan's key_tile (unused: keys are streamed)
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr int kLayoutThreads = 256;               // block_layout_kernel: the row facts of a sequence
@@ -138,7 +137,7 @@ struct SelectionParams {
   RowLayout layout;                // row facts; TopK: the rows' places (its selection has no count pass)
   bool write = false;              // false: count pass (row sizes into row_offsets[row + 1])
   int rows_per_item = 1;           // R <= kSelectionMaxRows, and R <= 2 * kGateThreads / key_tile
-  int key_tile = 32;               // key blocks per shared tile: 64 on NVIDIA; 32 (16 rows) or 64 (8 rows) on AMD
+  int key_tile = 32;               // AMD: key blocks per shared tile, 32 (16 rows) or 64 (8 rows); unused on NVIDIA
   std::int64_t row_stride = 0;     // logit buffer floats per row (>= max visible key blocks)
   float* global_logits = nullptr;  // null: logits in shared memory; else [gridDim.x][R][row_stride]
   std::int64_t items = 0;          // batch * heads * item_tiles

@@ -9,7 +9,8 @@
 // projections keep the accuracy the selection tests demand (margins of 1e-4 of the largest logit, which
 // one TF32 product, ~2^-11, would not meet), at ~3x the FMA pipe's rate.
 //
-// Operands are rows in shared memory: a warp multiplies 16 "left" rows by 8 "right" rows
+// Operands are rows (in shared memory, or in global memory for keys streamed from L2): a warp multiplies
+// 16 "left" rows by 8 "right" rows
 // (dot(left[i], right[j]) for every pair), both row-major over the reduction dimension. The reduction
 // dimension is consumed in chunks of 16: lane (g, t) = (lane / 4, lane % 4) reads 16-byte vectors
 // [4t, 4t + 4) of left rows g and g + 8 and of right row g, and the two k8 steps of the chunk take
@@ -29,8 +30,8 @@
 
 namespace seer::gpu {
 
-// Row stride (floats) for rows of `depth` floats read by accumulate_dots: depth rounded up to 16, then
-// to 16 mod 32.
+// Row stride (floats) for rows of `depth` floats read as fragments (16-byte loads by lanes (g, t)): depth
+// rounded up to 16, then to 16 mod 32.
 SEER_HOST_DEVICE constexpr int padded_row_stride(int depth) {
   const int rounded = (depth + 15) / 16 * 16;
   return rounded % 32 == 0 ? rounded + 16 : rounded;
@@ -58,7 +59,7 @@ __device__ inline void multiply_tf32(float (&accumulator)[4], std::uint32_t a0, 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Accumulators of accumulate_dots, spread over `Chains` independent chains (1, 2, 3 or 6): the three
+// Accumulators of a warp's dot tiles, spread over `Chains` independent chains (1, 2, 3 or 6): the three
 // products of a k8 step (big x small, small x big, big x big) and the two steps of a chunk go round-robin
 // over the chains, so that consecutive tensor-core instructions do not wait for each other's results (one
 // chain of 6 dependent HMMAs per chunk left the warps stalled on their latency). total() adds them up.
@@ -97,13 +98,10 @@ __device__ inline void multiply_split(DotAccumulators<RightTiles, Chains>& accum
                 b[1].big);
 }
 
-// Operands of accumulate_dots are read in two phases, so that the next chunk's shared-memory loads are in
-// flight while the current chunk multiplies (the loop stalled on each load's latency otherwise): fetch()
-// returns the raw registers of a chunk, and a static split() turns them into TF32 parts.
-//
-// Rows of an operand: fp32 split after the load (Fp32Rows), or split beforehand into two planes of the same
-// layout (SplitRows: constant operands such as the projection's weights, split once on the host).
-// fetch(row, offset): the four values at [offset, offset + 4) of a row.
+// Operands are read in two phases, so that the next chunk's loads can be in flight while the current chunk
+// multiplies: fetch() returns the raw registers of a chunk, and a static split() turns them into TF32 parts.
+// Fp32Rows: rows of fp32 values, split after the load; fetch(row, offset) gives the four values at
+// [offset, offset + 4) of a row.
 struct Fp32Rows {
   const float* rows;
   int stride;
@@ -113,22 +111,6 @@ struct Fp32Rows {
   }
   __device__ static void split(const Raw& x, SplitTf32 (&v)[4]) {
     v[0] = split_tf32(x.x), v[1] = split_tf32(x.y), v[2] = split_tf32(x.z), v[3] = split_tf32(x.w);
-  }
-};
-struct SplitRows {
-  const float* big;
-  const float* small;
-  int stride;
-  struct Raw {
-    uint4 big, small;
-  };
-  __device__ Raw fetch(int row, int offset) const {
-    const int at = row * stride + offset;
-    return Raw{*reinterpret_cast<const uint4*>(big + at), *reinterpret_cast<const uint4*>(small + at)};
-  }
-  __device__ static void split(const Raw& x, SplitTf32 (&v)[4]) {
-    v[0] = {x.big.x, x.small.x}, v[1] = {x.big.y, x.small.y}, v[2] = {x.big.z, x.small.z};
-    v[3] = {x.big.w, x.small.w};
   }
 };
 
@@ -182,43 +164,6 @@ __device__ inline void store_left_fragment(float* big, float* small, int row, in
   const SplitTf32 parts = split_tf32(value);
   big[at] = __uint_as_float(parts.big);
   small[at] = __uint_as_float(parts.small);
-}
-
-// accumulators, tile j (the 16 x 8 tile of right rows 8j .. 8j + 7) += dots of the 16 left rows with right
-// rows [0, 8 * RightTiles) over [0, depth), depth a multiple of 16. The right operand's row 0 is the warp's
-// first (shared memory, 16-byte aligned, stride = 16 mod 32 floats). Each chunk's operands are fetched one
-// chunk ahead.
-template <int RightTiles, int Chains, class Left, class Right>
-__device__ inline void accumulate_dots(DotAccumulators<RightTiles, Chains>& accumulators, const Left& left,
-                                       const Right& right, int depth) {
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int g = lane / 4, t = lane % 4;
-  typename Left::Raw left_next = left.fetch(0);
-  typename Right::Raw right_next[RightTiles];
-#pragma unroll
-  for (int j = 0; j < RightTiles; ++j) right_next[j] = right.fetch(8 * j + g, 4 * t);
-  for (int d = 0; d < depth; d += 16) {
-    const typename Left::Raw left_now = left_next;
-    typename Right::Raw right_now[RightTiles];
-#pragma unroll
-    for (int j = 0; j < RightTiles; ++j) right_now[j] = right_next[j];
-    if (d + 16 < depth) {
-      left_next = left.fetch(d + 16);
-#pragma unroll
-      for (int j = 0; j < RightTiles; ++j) right_next[j] = right.fetch(8 * j + g, 4 * t + d + 16);
-    }
-    SplitTf32 first[4], second[4];
-    Left::fragments(left_now, first, second);
-#pragma unroll
-    for (int j = 0; j < RightTiles; ++j) {
-      SplitTf32 column[4];
-      Right::split(right_now[j], column);
-      const SplitTf32 b_first[2] = {column[0], column[1]};
-      const SplitTf32 b_second[2] = {column[2], column[3]};
-      multiply_split(accumulators, j, 0, first, b_first);
-      multiply_split(accumulators, j, 1, second, b_second);
-    }
-  }
 }
 
 }  // namespace seer::gpu

@@ -167,6 +167,25 @@ __device__ inline void rotate_pair(const DeviceRope& rope, std::int64_t position
   rotate_pair(rope_coefficients(rope, position, i), first, second);
 }
 
+// A lane's running max, min and sum of its 8 components over a block's tokens (the gate's poolings).
+struct PoolingSums {
+  float maximum[8], minimum[8], sum[8];
+  __device__ PoolingSums() {
+    const float infinity = __int_as_float(0x7f800000);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      maximum[e] = -infinity;
+      minimum[e] = infinity;
+      sum[e] = 0.0f;
+    }
+  }
+  __device__ void add(int e, float x) {
+    maximum[e] = fmaxf(maximum[e], x);
+    minimum[e] = fminf(minimum[e], x);
+    sum[e] += x;
+  }
+};
+
 // Position of the first token of block `block` of sequence b: keys at block * B, queries at
 // (k_len - q_len) + block * B (LearnedGate's convention).
 __device__ inline std::int64_t block_position(const GateSequences& sequences, std::int64_t b, std::int64_t block,
@@ -224,14 +243,7 @@ __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolPar
   const int chunks = dim / 8;
   const int slots = vendor::warp_size / chunks;
   const int slot = lane / chunks, chunk = lane % chunks;
-  const float infinity = __int_as_float(0x7f800000);
-  float maximum[8], minimum[8], sum[8];
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    maximum[e] = -infinity;
-    minimum[e] = infinity;
-    sum[e] = 0.0f;
-  }
+  detail::PoolingSums pooled;
   if (slot < slots) {
     const T* source = params.input.vector(b, first + slot, h) + chunk * 8;
     const std::int64_t step = slots * params.input.token_stride;
@@ -247,10 +259,7 @@ __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolPar
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const std::uint32_t bits = (e % 2 == 0) ? (words[e / 2] & 0xffffu) : (words[e / 2] >> 16);
-          const float x = detail::DeviceElement<T>::to_float(bits);
-          maximum[e] = fmaxf(maximum[e], x);
-          minimum[e] = fminf(minimum[e], x);
-          sum[e] += x;
+          pooled.add(e, detail::DeviceElement<T>::to_float(bits));
         }
       }
     }
@@ -259,15 +268,16 @@ __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolPar
   // (warp * warp_size + s * chunks) * 8 + d.
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    partial_max[thread * 8 + e] = maximum[e];
-    partial_min[thread * 8 + e] = minimum[e];
-    partial_sum[thread * 8 + e] = sum[e];
+    partial_max[thread * 8 + e] = pooled.maximum[e];
+    partial_min[thread * 8 + e] = pooled.minimum[e];
+    partial_sum[thread * 8 + e] = pooled.sum[e];
   }
   vendor::sync_warp();
 
   float* feature = features[warp];
   const float inverse_count = 1.0f / static_cast<float>(count);
   for (int d = lane; d < dim; d += vendor::warp_size) {
+    const float infinity = __int_as_float(0x7f800000);
     float block_max = -infinity, block_min = infinity, block_sum = 0.0f;
     for (int s = 0; s < slots; ++s) {
       const int at = (warp * vendor::warp_size + s * chunks) * 8 + d;
@@ -652,23 +662,15 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
     const Fp32Rows right{tile + (kRows + 32 * column_quarter + g) * kStride + 4 * t, kStride};
 #pragma unroll
     for (int d = 0; d < kDepth; d += 16) {
-      float4 a_raw[2][2], b_raw[4];  // [row tile][rows g, g + 8]; [column tile]
+      LeftRows<Fp32Rows>::Raw a_raw[2];  // [row tile]: rows g, g + 8
+      float4 b_raw[4];                   // [column tile]
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        a_raw[i][0] = left.fetch(16 * i, d);
-        a_raw[i][1] = left.fetch(16 * i + 8, d);
-      }
+      for (int i = 0; i < 2; ++i) a_raw[i] = {left.fetch(16 * i, d), left.fetch(16 * i + 8, d)};
 #pragma unroll
       for (int j = 0; j < 4; ++j) b_raw[j] = right.fetch(8 * j, d);
       SplitTf32 first[2][4], second[2][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        SplitTf32 upper[4], lower[4];
-        Fp32Rows::split(a_raw[i][0], upper);
-        Fp32Rows::split(a_raw[i][1], lower);
-        first[i][0] = upper[0], first[i][1] = lower[0], first[i][2] = upper[1], first[i][3] = lower[1];
-        second[i][0] = upper[2], second[i][1] = lower[2], second[i][2] = upper[3], second[i][3] = lower[3];
-      }
+      for (int i = 0; i < 2; ++i) LeftRows<Fp32Rows>::fragments(a_raw[i], first[i], second[i]);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         SplitTf32 column[4];

@@ -243,9 +243,7 @@ class GateSelectionPlan {
     if (!logits_in_shared_) rows_per_item_ = kSelectionMaxRows;
 #if defined(__HIPCC__)
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
-#else
-    key_tile_ = kSelectionTensorKeyTile;  // unused by the tensor-core logits (keys streamed per warp)
-#endif
+#endif  // NVIDIA has no key tiles: each warp streams its keys (key_tile_ is unused there)
     require(limits.warp_size == 32 || limits.warp_size == 64, "limits.warp_size", "is ", limits.warp_size,
             ", expected 32 or 64");
     warps_ = kGateThreads / limits.warp_size;

@@ -84,16 +84,9 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
   const bool second_half = chunk >= chunks / 2;
   const int pair0 = (chunk % (chunks / 2)) * 8;  // this lane's 8 pairs: pair0 .. pair0 + 7
   const std::int64_t step = slots * params.tensor.token_stride;
-  const float infinity = __int_as_float(0x7f800000);
 
   for (std::int64_t h = warp; h < params.tensor.heads; h += kWarps) {
-    float maximum[8], minimum[8], sum[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      maximum[e] = -infinity;
-      minimum[e] = infinity;
-      sum[e] = 0.0f;
-    }
+    detail::PoolingSums pooled;
     T* pointer = params.tensor.vector(b, first + slot, h) + chunk * 8;
     // Uniform trip count across the warp (the shuffles need every lane); tokens past the block are
     // skipped. kRopeLoadsInFlight tokens' loads are issued before the first is used.
@@ -126,11 +119,7 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
           const std::uint32_t partner_bits = (e % 2 == 0) ? (other[e / 2] & 0xffffu) : (other[e / 2] >> 16);
           const float x = detail::DeviceElement<T>::to_float(bits);
           const float y = detail::DeviceElement<T>::to_float(partner_bits);
-          if (Pool) {
-            maximum[e] = fmaxf(maximum[e], x);
-            minimum[e] = fminf(minimum[e], x);
-            sum[e] += x;
-          }
+          if (Pool) pooled.add(e, x);
           // rotate_half: x_i -> x_i cos - x_{i+D/2} sin, x_{i+D/2} -> x_{i+D/2} cos + x_i sin.
           rotated[e] = second_half ? fmaf(x, cosine[e], y * sine[e]) : fmaf(x, cosine[e], -y * sine[e]);
         }
@@ -148,9 +137,9 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
       for (int offset = chunks; offset < vendor::warp_size; offset *= 2) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          maximum[e] = fmaxf(maximum[e], vendor::shuffle_xor(maximum[e], offset));
-          minimum[e] = fminf(minimum[e], vendor::shuffle_xor(minimum[e], offset));
-          sum[e] += vendor::shuffle_xor(sum[e], offset);
+          pooled.maximum[e] = fmaxf(pooled.maximum[e], vendor::shuffle_xor(pooled.maximum[e], offset));
+          pooled.minimum[e] = fminf(pooled.minimum[e], vendor::shuffle_xor(pooled.minimum[e], offset));
+          pooled.sum[e] += vendor::shuffle_xor(pooled.sum[e], offset);
         }
       }
       if (slot == 0) {
@@ -162,7 +151,9 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
           float value[8];
 #pragma unroll
           for (int e = 0; e < 8; ++e)
-            value[e] = pooling == 0 ? maximum[e] : pooling == 1 ? minimum[e] : sum[e] * inverse_count;
+            value[e] = pooling == 0   ? pooled.maximum[e]
+                       : pooling == 1 ? pooled.minimum[e]
+                                      : pooled.sum[e] * inverse_count;
           float* at = out + p * dim + chunk * 8;
           *reinterpret_cast<float4*>(at) = make_float4(value[0], value[1], value[2], value[3]);
           *reinterpret_cast<float4*>(at + 4) = make_float4(value[4], value[5], value[6], value[7]);
