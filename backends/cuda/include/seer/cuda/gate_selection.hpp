@@ -51,7 +51,12 @@ inline DeviceLimits device_limits() {
                      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   gpu::vendor::check(cudaDeviceGetAttribute(&warp_size, cudaDevAttrWarpSize, device),
                      "cudaDeviceGetAttribute(WarpSize)");
+  int multiprocessor_shared_bytes = 0;
+  gpu::vendor::check(
+      cudaDeviceGetAttribute(&multiprocessor_shared_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
+      "cudaDeviceGetAttribute(MaxSharedMemoryPerMultiprocessor)");
   DeviceLimits limits;
+  limits.shared_bytes_per_multiprocessor = multiprocessor_shared_bytes;
   limits.multiprocessors = multiprocessors;
   limits.logit_shared_bytes = 128 * 1024;
   limits.shared_bytes_per_block = shared_bytes;

@@ -49,7 +49,12 @@
 
 namespace seer::gpu {
 
-inline constexpr int kSelectionMaxRows = 16;             // rows per work item (one 16-row tensor-core tile)
+#if defined(__HIPCC__)
+inline constexpr int kSelectionMaxRows = 16;  // rows per work item (the FMA register tiles)
+#else
+inline constexpr int kSelectionMaxRows = 32;  // rows per work item: two 16-row tensor-core tiles share each key operand
+#endif
+inline constexpr int kSelectionWorkspaceRows = 16;       // rows per work item when the logits live in workspace
 inline constexpr int kRadixBins = 256;                   // 8 bits per radix pass
 inline constexpr int kScanTile = 2048;                   // rows per CTA of the row-offset scan (8 per thread)
 inline constexpr int kLayoutThreads = 256;               // block_layout_kernel: the row facts of a sequence
@@ -660,6 +665,7 @@ struct ItemLogits {
   const int* row_visible = nullptr;  // visible key blocks of each row (shared memory)
   float* logits = nullptr;
   std::int64_t row_stride = 0;
+  int rows_per_item = kSelectionMaxRows;  // the plan's: sizes the shared query tiles (selection_tile_floats)
 };
 
 namespace detail {
@@ -767,52 +773,68 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
 }
 
 // Shared floats of item_logits' tiles.
-SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile) {
+SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile, int rows_per_item) {
+  static_cast<void>(rows_per_item);
   return kSelectionMaxRows * dim + keys_per_tile * (dim + 4);
 }
 #else
-// NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). The 16 query rows
-// sit in shared memory as two planes in fragment order (their big and small parts, split once: all 8 warps
-// read them), with zeros past dim and past the item's rows. The keys are not staged: warp w walks the
-// 8-key tiles w, w + 8, ... of the item's visible keys and loads its B operands straight from the row-major
-// key features (lane (g, t)'s 16 bytes of chunk c of key tile n lie at (8n + g) * dim + 16c + 4t, so a
-// warp's load covers 8 keys x 64 contiguous bytes: whole 32-byte sectors), the next tile's in flight while
-// it multiplies the current one. No barrier until the logits are complete.
+// Row capacity of the query planes: one 16-row tile, or two for items of more than 16 rows.
+SEER_HOST_DEVICE constexpr int selection_row_capacity(int rows_per_item) { return rows_per_item > 16 ? 32 : 16; }
+// NVIDIA: tensor cores in split TF32 (seer/gpu/fp32_tensor_dot.hpp: near-fp32 accuracy). The item's query
+// rows (up to 32: two 16-row tiles) sit in shared memory as planes in fragment order (their big and small
+// parts, split once: all 8 warps read them), with zeros past dim and past the item's rows. The keys are not
+// staged: warp w walks the 8-key tiles w, w + 8, ... of the item's visible keys and loads its B operands
+// straight from the row-major key features (lane (g, t)'s 16 bytes of chunk c of key tile n lie at
+// (8n + g) * dim + 16c + 4t, so a warp's load covers 8 keys x 64 contiguous bytes: whole 32-byte sectors),
+// the next pass in flight while it multiplies the current one; each key operand, loaded and split once,
+// serves both row tiles. No barrier until the logits are complete.
 __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, float* tiles) {
   static_cast<void>(keys_per_tile);
   constexpr int kChunksPerPass = 4;  // 16-float chunks of a key tile in registers at once (dim 128: half)
   constexpr int kWarps = kGateThreads / 32;
+  constexpr int kTileRows = 16;
+  static_assert(kSelectionMaxRows == 2 * kTileRows, "two row tiles per item");
   const GateFeatures& features = item.features;
   const int dim = static_cast<int>(features.dim);
   const int depth = (dim + 15) / 16 * 16;
   const int stride = padded_row_stride(dim);
+  // Planes of row tile u: big at query_big + u * plane, small at query_small + u * plane.
+  const int plane = kTileRows * depth;
   float* query_big = tiles;
-  float* query_small = query_big + kSelectionMaxRows * stride;
+  float* query_small = query_big + selection_row_capacity(item.rows_per_item) * stride;  // stride >= depth
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
   const int vectors = dim / 4;  // 16-byte vectors per feature row (dim is a multiple of 8)
   const std::int64_t key_head = features.key_head_of(item.h);
+  const bool two_tiles = item.rows > kTileRows;  // uniform: the second tile's products only when it has rows
   // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows).
   const float* query = features.query + features.query_offset(item.b, item.h, item.m0);
   const int depth_vectors = depth / 4;
-  for (int i = thread; i < kSelectionMaxRows * depth_vectors; i += kGateThreads) {
+  for (int i = thread; i < (two_tiles ? 2 : 1) * kTileRows * depth_vectors; i += kGateThreads) {
     const int row = i / depth_vectors, v = i % depth_vectors;
     const float4 value = row < item.rows && v < vectors ? *reinterpret_cast<const float4*>(query + row * dim + 4 * v)
                                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    store_left_fragment(query_big, query_small, row, 4 * v, value.x);
-    store_left_fragment(query_big, query_small, row, 4 * v + 1, value.y);
-    store_left_fragment(query_big, query_small, row, 4 * v + 2, value.z);
-    store_left_fragment(query_big, query_small, row, 4 * v + 3, value.w);
+    const int u = row / kTileRows, r = row % kTileRows;
+    float* big = query_big + u * plane;
+    float* small = query_small + u * plane;
+    store_left_fragment(big, small, r, 4 * v, value.x);
+    store_left_fragment(big, small, r, 4 * v + 1, value.y);
+    store_left_fragment(big, small, r, 4 * v + 2, value.z);
+    store_left_fragment(big, small, r, 4 * v + 3, value.w);
   }
   __syncthreads();  // the query planes are complete
 
   const float* key_features = features.key + features.key_offset(item.b, key_head, 0);
   const int g = lane / 4, t = lane % 4;
-  const int visible_upper = g < item.rows ? item.row_visible[g] : 0;
-  const int visible_lower = g + 8 < item.rows ? item.row_visible[g + 8] : 0;
-  float* out_upper = item.logits + static_cast<std::int64_t>(g) * item.row_stride;
-  float* out_lower = item.logits + static_cast<std::int64_t>(g + 8) * item.row_stride;
-  const LeftFragments left{query_big, query_small};
+  // This lane's accumulator rows: g + 8 e (e = 0, 1 in tile 0; 2, 3 in tile 1).
+  int visible[4];
+  float* out[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    visible[e] = g + 8 * e < item.rows ? item.row_visible[g + 8 * e] : 0;
+    out[e] = item.logits + static_cast<std::int64_t>(g + 8 * e) * item.row_stride;
+  }
+  const LeftFragments left[2] = {{query_big, query_small}, {query_big + plane, query_small + plane}};
 
   // A pass: chunks [chunk, chunk + kChunksPerPass) of key tile `tile` (dim 128: two passes per tile; eight
   // chunks at once spilled), loaded from one address with constant offsets. Lanes of keys past the item's
@@ -839,7 +861,7 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
       into[c] = *reinterpret_cast<const float4*>(at + 16 * c - back);
     }
   };
-  DotAccumulators<1, 3> dots;  // one 16 x 8 tile per warp, over three independent chains
+  DotAccumulators<2, 1> dots;  // one 16 x 8 tile per row tile: two independent chains (see below for one tile)
   // One pass: multiplies `now` (the pass at tile, chunk), advances to the next pass and loads it into `next`.
   int tile = warp, chunk = 0;
   auto pass = [&](const float4(&now)[kChunksPerPass], float4(&next)[kChunksPerPass]) {
@@ -850,22 +872,41 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
 #pragma unroll
     for (int c = 0; c < kChunksPerPass; ++c) {
       if (now_chunk + c >= chunks) break;  // uniform across the warp
-      SplitTf32 first[4], second[4];
-      LeftFragments::fragments(left.fetch(16 * (now_chunk + c)), first, second);
       SplitTf32 column[4];
       Fp32Rows::split(now[c], column);
       const SplitTf32 b_first[2] = {column[0], column[1]};
       const SplitTf32 b_second[2] = {column[2], column[3]};
-      multiply_split(dots, 0, 0, first, b_first);
-      multiply_split(dots, 0, 1, second, b_second);
+      if (two_tiles) {  // uniform across the warp
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          SplitTf32 first[4], second[4];
+          LeftFragments::fragments(left[u].fetch(16 * (now_chunk + c)), first, second);
+          multiply_split(dots, u, 0, first, b_first);
+          multiply_split(dots, u, 1, second, b_second);
+        }
+      } else {  // one row tile: its second k-step accumulates into the other tile's registers (a second chain)
+        SplitTf32 first[4], second[4];
+        LeftFragments::fragments(left[0].fetch(16 * (now_chunk + c)), first, second);
+        multiply_split(dots, 0, 0, first, b_first);
+        multiply_split(dots, 1, 1, second, b_second);
+      }
     }
     if (now_chunk + kChunksPerPass >= chunks) {  // the tile's dots are complete
       const int n = 8 * now_tile + 2 * t;
-      if (n < visible_upper) out_upper[n] = dots.total(0, 0) * features.scale;
-      if (n + 1 < visible_upper) out_upper[n + 1] = dots.total(0, 1) * features.scale;
-      if (n < visible_lower) out_lower[n] = dots.total(0, 2) * features.scale;
-      if (n + 1 < visible_lower) out_lower[n + 1] = dots.total(0, 3) * features.scale;
-      dots = DotAccumulators<1, 3>();
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int u = e / 2, half = e % 2;  // accumulator elements 2 half, 2 half + 1 of tile u
+        float first = 0.0f, second = 0.0f;
+        if (two_tiles) {
+          first = dots.total(u, 2 * half), second = dots.total(u, 2 * half + 1);
+        } else if (u == 0) {
+          first = dots.total(0, 2 * half) + dots.total(1, 2 * half);
+          second = dots.total(0, 2 * half + 1) + dots.total(1, 2 * half + 1);
+        }
+        if (n < visible[e]) out[e][n] = first * features.scale;
+        if (n + 1 < visible[e]) out[e][n + 1] = second * features.scale;
+      }
+      dots = DotAccumulators<2, 1>();
     }
   };
   // Two register buffers take turns (no copies between passes).
@@ -879,9 +920,9 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
 }
 
 // Shared floats of item_logits' tiles.
-SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile) {
+SEER_HOST_DEVICE constexpr std::int64_t selection_tile_floats(std::int64_t dim, int keys_per_tile, int rows_per_item) {
   static_cast<void>(keys_per_tile);  // no key tiles: the query planes only
-  return 2 * kSelectionMaxRows * padded_row_stride(static_cast<int>(dim));
+  return 2 * selection_row_capacity(rows_per_item) * padded_row_stride(static_cast<int>(dim));
 }
 #endif
 
@@ -898,16 +939,20 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
   constexpr int kWarps = kGateThreads / vendor::warp_size;
   const int dim = static_cast<int>(params.features.dim);
   const int rows_per_item = params.rows_per_item;
+  // The warps' radix scratch shares its bytes with the logit phase's tiles: the tiles are consumed before the
+  // rows are selected, and the next item's tiles are written after the barrier that ends the selection.
   float* tiles = reinterpret_cast<float*>(selection_shared);
-  unsigned char* warp_bytes =
-      reinterpret_cast<unsigned char*>(tiles + detail::selection_tile_floats(dim, params.key_tile));
+  unsigned char* warp_bytes = selection_shared;
+  const std::int64_t tile_bytes = detail::selection_tile_floats(dim, params.key_tile, params.rows_per_item) * 4;
+  const std::int64_t scratch_bytes = static_cast<std::int64_t>(kWarps) * detail::kSelectionWarpScratchBytes<Policy>;
   const int warp = vendor::warp_index();
   detail::WarpScratch scratch;
   scratch.histogram = reinterpret_cast<unsigned int*>(warp_bytes + warp * detail::kSelectionWarpScratchBytes<Policy>);
   scratch.mass_histogram = reinterpret_cast<unsigned long long*>(scratch.histogram + kRadixBins);
-  float* logits = params.global_logits != nullptr
-                      ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
-                      : reinterpret_cast<float*>(warp_bytes + kWarps * detail::kSelectionWarpScratchBytes<Policy>);
+  float* logits =
+      params.global_logits != nullptr
+          ? params.global_logits + static_cast<std::int64_t>(blockIdx.x) * rows_per_item * params.row_stride
+          : reinterpret_cast<float*>(selection_shared + (tile_bytes > scratch_bytes ? tile_bytes : scratch_bytes));
   const std::int64_t heads = params.features.heads;
   // The facts of each row of the current item, computed by one thread per row (BlockGeometry divides by the
   // block size, TopK's budget takes a square root: once per row here, not by all lanes of a warp per use).
@@ -954,6 +999,7 @@ __global__ void __launch_bounds__(kGateThreads, min_blocks_hint(2))
       work.row_visible = row_visible;
       work.logits = logits;
       work.row_stride = params.row_stride;
+      work.rows_per_item = rows_per_item;
       detail::item_logits(work, params.key_tile, tiles);
       __syncthreads();  // logits complete (global slices too: the barrier orders the CTA's own writes)
     }

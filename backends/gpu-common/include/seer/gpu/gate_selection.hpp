@@ -62,9 +62,10 @@ namespace seer::gpu {
 // What the launch configuration depends on; each backend reads it off its device.
 struct DeviceLimits {
   int multiprocessors = 1;
-  std::int64_t logit_shared_bytes = 16 * 1024;      // shared memory a selection CTA may spend on logits
-  std::int64_t shared_bytes_per_block = 48 * 1024;  // the most dynamic shared memory one CTA may have
-  int warp_size = 32;                               // lanes per warp (64 on AMD CDNA)
+  std::int64_t logit_shared_bytes = 16 * 1024;               // shared memory a selection CTA may spend on logits
+  std::int64_t shared_bytes_per_block = 48 * 1024;           // the most dynamic shared memory one CTA may have
+  std::int64_t shared_bytes_per_multiprocessor = 64 * 1024;  // all CTAs resident on one multiprocessor
+  int warp_size = 32;                                        // lanes per warp (64 on AMD CDNA)
 };
 
 // The gate's weights and RoPE frequencies in device memory, uploaded once from a LearnedGate.
@@ -237,10 +238,11 @@ class GateSelectionPlan {
     row_stride_ = std::max<std::int64_t>(4, (max_key_blocks_ + 3) / 4 * 4);
     const std::int64_t row_bytes = row_stride_ * static_cast<std::int64_t>(sizeof(float));
     // Logits in shared memory when at least 4 rows fit (fewer rows per item would re-read the key
-    // features from L2 too often); otherwise 16 rows per item in per-CTA workspace slices.
+    // features from L2 too often); otherwise 16 rows per item in per-CTA workspace slices (32 would double
+    // the slices past the L2's size at 128k: 1.79 -> 1.84 ms measured).
     rows_per_item_ = std::min<std::int64_t>(kSelectionMaxRows, limits.logit_shared_bytes / row_bytes);
     logits_in_shared_ = rows_per_item_ >= 4;
-    if (!logits_in_shared_) rows_per_item_ = kSelectionMaxRows;
+    if (!logits_in_shared_) rows_per_item_ = kSelectionWorkspaceRows;
 #if defined(__HIPCC__)
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
 #endif  // NVIDIA has no key tiles: each warp streams its keys (key_tile_ is unused there)
@@ -255,9 +257,14 @@ class GateSelectionPlan {
     while (logits_in_shared_ && selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) {
       if (--rows_per_item_ < 4) {
         logits_in_shared_ = false;
-        rows_per_item_ = kSelectionMaxRows;
+        rows_per_item_ = kSelectionWorkspaceRows;
       }
     }
+    // More than 16 rows (two tensor-core row tiles per item) only while two CTAs still fit on a multiprocessor:
+    // fewer key reads per row do not make up for half the occupancy.
+    if (logits_in_shared_ && rows_per_item_ > 16 &&
+        2 * (selection_shared_bytes_for(kRadixBins * 12) + 1024) > limits.shared_bytes_per_multiprocessor)
+      rows_per_item_ = 16;
     require(selection_shared_bytes_for(kRadixBins * 12) <= limits.shared_bytes_per_block, "gate", "hidden size ", dim_,
             " needs ", selection_shared_bytes_for(kRadixBins * 12),
             " bytes of shared memory per selection CTA, the device offers ", limits.shared_bytes_per_block);
@@ -356,9 +363,10 @@ class GateSelectionPlan {
   // Dynamic shared memory of a selection CTA (block_selection_kernel's layout): the query rows, one key
   // tile, each warp's radix scratch, and the logits when they are kept in shared memory.
   std::int64_t selection_shared_bytes_for(std::int64_t warp_scratch_bytes) const {
-    const std::int64_t tiles = detail::selection_tile_floats(dim_, key_tile_) * 4;
+    // The warps' scratch shares its bytes with the tiles (block_selection_kernel), the logits follow.
+    const std::int64_t tiles = detail::selection_tile_floats(dim_, key_tile_, static_cast<int>(rows_per_item_)) * 4;
     const std::int64_t logits = logits_in_shared_ ? rows_per_item_ * row_stride_ * 4 : 0;
-    return tiles + warps_ * warp_scratch_bytes + logits;
+    return std::max(tiles, warps_ * warp_scratch_bytes) + logits;
   }
 
   template <class Value>

@@ -52,7 +52,12 @@ inline DeviceLimits device_limits() {
                      "hipDeviceGetAttribute(MaxSharedMemoryPerBlock)");
   gpu::vendor::check(hipDeviceGetAttribute(&warp_size, hipDeviceAttributeWarpSize, device),
                      "hipDeviceGetAttribute(WarpSize)");
+  int multiprocessor_shared_bytes = 0;
+  gpu::vendor::check(
+      hipDeviceGetAttribute(&multiprocessor_shared_bytes, hipDeviceAttributeMaxSharedMemoryPerMultiprocessor, device),
+      "hipDeviceGetAttribute(MaxSharedMemoryPerMultiprocessor)");
   DeviceLimits limits;
+  limits.shared_bytes_per_multiprocessor = multiprocessor_shared_bytes;
   limits.multiprocessors = multiprocessors;
   limits.logit_shared_bytes = 16 * 1024;
   limits.shared_bytes_per_block = shared_bytes;
