@@ -36,7 +36,7 @@ if has build; then
     echo "cmake build failed; compiling directly with nvcc"
     mkdir -p "$(dirname $TESTS)" "$(dirname $BENCH)"
     flags=(-std=c++17 -arch=sm_90a -O3 -Iinclude -Ibackends/gpu-common/include -Ibackends/cuda/include
-      -I.carry/prefix/include -Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror)
+      -I.carry/prefix/include -DSEER_CUDA_WARPGROUP_KERNELS=1 -Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror)
     nvcc "${flags[@]}" -Itests/gpu/gate tests/gpu/gate/test_gate_selection.cu tests/gpu/gate/test_gate_graph.cu \
       tests/gpu/gate/test_rope_and_pool.cu \
       tests/doctest_main.cpp -o $TESTS >>"$OUT/gate_build.log" 2>&1 &
@@ -52,7 +52,7 @@ fi
 if has test; then
   start=$SECONDS
   timeout 420 $TESTS -d >"$OUT/gate_tests.log" 2>&1; rc=$?
-  grep -E 'identical|skipped' "$OUT/gate_tests.log" | sed -e 's/^.*MESSAGE: //' | head -60
+  grep -E 'identical|skipped|feature errors' "$OUT/gate_tests.log" | sed -e 's/^.*MESSAGE: //' | head -90
   grep -E '^[0-9.]+ s: ' "$OUT/gate_tests.log" | head -20
   tail -4 "$OUT/gate_tests.log"; echo "tests: rc=$rc in $((SECONDS - start)) s"
   [ $rc -ne 0 ] && { grep -E -B4 -A14 'ERROR|FAILED|error' "$OUT/gate_tests.log" | head -150; status=1; }

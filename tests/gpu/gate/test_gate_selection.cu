@@ -28,6 +28,7 @@ class GateFixture {
  public:
   GateFixture(const GateCase& c, std::uint64_t seed, const gpu::DeviceLimits& limits)
       : case_(c),
+        limits_(limits),
         random_(seed),
         gate_(gate_test::random_gate(c, random_)),
         q_(gate_test::make_sequences<T>(c.q_lengths, c.q_heads, c.head_dim, c.packed, random_)),
@@ -38,20 +39,18 @@ class GateFixture {
         plan_(device_gate_, q_.host.batch, q_.host.max_length, k_.host.max_length, limits),
         sequences_(sequence_geometries(q_.host, k_.host, 64, c.causal)) {}
 
-  // Features on the GPU vs LearnedGate::score; keeps the GPU's features for the selections.
+  // Features on the GPU vs LearnedGate::score; keeps the GPU's features for the selections. Where the plan
+  // projects with Hopper's warpgroup kernel, the mma.sync projection is checked too.
   void check_features() {
-    cuda::GateSelectionStorage storage(plan_, 1);
-    gate_test::fill_bytes(storage.workspace().data, 0xff, static_cast<std::size_t>(storage.workspace().bytes));
-    const auto features = cuda::gate_features<T>(device_gate_, plan_, device_q_.view, device_k_.view, case_.causal,
-                                                 storage.workspace(), nullptr);
-    gate_test::synchronize();
-    features_ = gate_test::download_features(features, q_.host.batch);
     const LearnedGateScores cpu = gate_.score(q_.host, k_.host, case_.causal);
-    const auto errors = gate_test::compare_features(features_, cpu);
-    INFO("relative feature errors: query ", errors.query, ", key ", errors.key);
-    CHECK(errors.non_finite == 0);
-    CHECK(errors.query <= 1e-4);
-    CHECK(errors.key <= 1e-4);
+    features_ = checked_features(plan_, cpu);
+    if (plan_.warpgroup_projection()) {
+      gpu::DeviceLimits mma_sync = limits_;
+      mma_sync.warpgroup_projection = false;
+      const cuda::GateSelectionPlan plan(device_gate_, q_.host.batch, q_.host.max_length, k_.host.max_length, mma_sync);
+      CHECK_FALSE(plan.warpgroup_projection());
+      checked_features(plan, cpu);
+    }
     scores_ = gate_test::scores_from_features(features_, sequences_);
   }
 
@@ -107,6 +106,22 @@ class GateFixture {
   const std::vector<BlockGeometry>& sequences() const { return sequences_; }
 
  private:
+  gate_test::HostFeatures checked_features(const cuda::GateSelectionPlan& plan, const LearnedGateScores& cpu) {
+    cuda::GateSelectionStorage storage(plan, 1);
+    gate_test::fill_bytes(storage.workspace().data, 0xff, static_cast<std::size_t>(storage.workspace().bytes));
+    const auto features = cuda::gate_features<T>(device_gate_, plan, device_q_.view, device_k_.view, case_.causal,
+                                                 storage.workspace(), nullptr);
+    gate_test::synchronize();
+    gate_test::HostFeatures downloaded = gate_test::download_features(features, q_.host.batch);
+    const auto errors = gate_test::compare_features(downloaded, cpu);
+    MESSAGE(describe(case_), ": warpgroup projection ", plan.warpgroup_projection(),
+            ", relative feature errors: query ", errors.query, ", key ", errors.key);
+    CHECK(errors.non_finite == 0);
+    CHECK(errors.query <= 1e-4);
+    CHECK(errors.key <= 1e-4);
+    return downloaded;
+  }
+
   gpu::GateFeatures upload_features(const gpu::GateWorkspace& workspace) {
     const gpu::GateFeatures features = plan_.features(workspace);
     gpu::vendor::copy_to_device(features.query, features_.query.data(), features_.query.size() * sizeof(float),
@@ -117,6 +132,7 @@ class GateFixture {
   }
 
   GateCase case_;
+  gpu::DeviceLimits limits_;
   std::mt19937_64 random_;
   LearnedGate gate_;
   gate_test::Sequences<T> q_, k_;

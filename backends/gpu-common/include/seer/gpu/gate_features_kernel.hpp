@@ -342,6 +342,32 @@ __global__ void __launch_bounds__(Threads)
 
 namespace detail {
 
+// The blocks a projection CTA covers: grid x = tiles of `tile_rows` blocks, y = output head o, z = sequence
+// b. Output head o reads input head o / (output_heads / input_heads) (the single-linear layout projects a
+// KV head's features once per query head of its group).
+struct ProjectionTile {
+  std::int64_t first_block = 0, o = 0, b = 0;
+  int rows = 0;                    // blocks of this tile inside the sequence (<= 0: none)
+  const float* input = nullptr;    // the first block's input features
+  const float* weights = nullptr;  // head o's weights (as given or transposed: the same size)
+};
+__device__ inline ProjectionTile projection_tile(const ProjectParams& params, int tile_rows) {
+  ProjectionTile tile;
+  tile.first_block = static_cast<std::int64_t>(blockIdx.x) * tile_rows;
+  tile.o = blockIdx.y;
+  tile.b = blockIdx.z;
+  const std::int64_t length = params.is_query ? params.sequences.q_length(tile.b) : params.sequences.k_length(tile.b);
+  const std::int64_t blocks = BlockGeometry::ceil_div(length, params.sequences.block_size);
+  const std::int64_t rest = blocks - tile.first_block;
+  tile.rows = static_cast<int>(rest < tile_rows ? (rest > 0 ? rest : 0) : tile_rows);
+  const std::int64_t input_head = tile.o / (params.output_heads / params.input_heads);
+  tile.input = params.input +
+               ((tile.b * params.input_heads + input_head) * params.max_blocks + tile.first_block) * params.input_width;
+  const float* weights = params.weights != nullptr ? params.weights : params.weights_transposed;
+  tile.weights = weights + tile.o * params.input_width * params.dim;
+  return tile;
+}
+
 // The projection kernels' epilogue: RoPE on the projected rows [rows][dim] (shared memory) of output head o,
 // written to the output. Thread (row offset, pair) rotates pair `pair` of rows offset, offset + rows_per_pass,
 // ... (one division per thread, not per element), 8 rows at a time with all their loads issued first: the
@@ -411,22 +437,18 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
   constexpr int kWeightTileRows = kProjectionDepth > kProjectionRows ? kProjectionDepth : kProjectionRows;
   __shared__ __align__(16) float weight_tile[kWeightTileRows * MaxFeatureDim];
 
-  const std::int64_t first_block = static_cast<std::int64_t>(blockIdx.x) * kProjectionRows;
-  const std::int64_t o = blockIdx.y, b = blockIdx.z;
-  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
-  const std::int64_t blocks = BlockGeometry::ceil_div(length, params.sequences.block_size);
-  if (first_block >= blocks) return;
-  const int rows = static_cast<int>(blocks - first_block < kProjectionRows ? blocks - first_block : kProjectionRows);
+  const detail::ProjectionTile tile = detail::projection_tile(params, kProjectionRows);
+  if (tile.rows <= 0) return;
+  const std::int64_t first_block = tile.first_block, o = tile.o, b = tile.b;
+  const int rows = tile.rows;
+  const float* const input = tile.input;
+  const float* const weights = tile.weights;
 
   const int dim = static_cast<int>(params.dim);
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
   const int column = (warp % kColumnSets) * 128 + lane * 4;  // this thread's 4 columns
   const int row_group = warp / kColumnSets;                  // rows 8 * row_group .. + 7
-  const std::int64_t input_head = o / (params.output_heads / params.input_heads);
-  const float* input =
-      params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
-  const float* weights = params.weights + o * params.input_width * params.dim;
 
   float* projected = weight_tile;  // [kProjectionRows][dim] after the multiply (kWeightTileRows >= kProjectionRows)
   {
@@ -591,20 +613,16 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
   static_assert(kStages * kStageFloats >= kRows * Columns, "the projected rows fit in the stage buffers");
   extern __shared__ __align__(16) float stages[];
 
-  const std::int64_t first_block = static_cast<std::int64_t>(blockIdx.x) * kRows;
-  const std::int64_t o = blockIdx.y, b = blockIdx.z;
-  const std::int64_t length = params.is_query ? params.sequences.q_length(b) : params.sequences.k_length(b);
-  const std::int64_t blocks = BlockGeometry::ceil_div(length, params.sequences.block_size);
-  if (first_block >= blocks) return;
-  const int rows = static_cast<int>(blocks - first_block < kRows ? blocks - first_block : kRows);
+  const detail::ProjectionTile tile = detail::projection_tile(params, kRows);
+  if (tile.rows <= 0) return;
+  const std::int64_t first_block = tile.first_block, o = tile.o, b = tile.b;
+  const int rows = tile.rows;
+  const float* const input = tile.input;
+  const float* const weights = tile.weights;
   const int dim = static_cast<int>(params.dim);
   const int width = static_cast<int>(params.input_width);
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
-  const std::int64_t input_head = o / (params.output_heads / params.input_heads);
-  const float* input =
-      params.input + ((b * params.input_heads + input_head) * params.max_blocks + first_block) * params.input_width;
-  const float* weights = params.weights_transposed + o * params.dim * params.input_width;
 
   // Stage s: input rows [kRows][kStride], then the weight rows [Columns][kStride]. Thread i copies 16-byte
   // vector i % 8 (features 4 (i % 8) .. + 3 of the chunk) of tile rows i / 8 + 32 j: its sources and their

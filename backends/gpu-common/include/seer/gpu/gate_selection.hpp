@@ -51,6 +51,7 @@
 #include "seer/gpu/device_upload.hpp"
 #include "seer/gpu/gate_features_kernel.hpp"
 #include "seer/gpu/prefill_arguments.hpp"
+#include "seer/gpu/project_features_warpgroup_kernel.hpp"
 #include "seer/gpu/vendor.hpp"
 #include "seer/selection/forced_blocks.hpp"
 #include "seer/selection/nucleus.hpp"
@@ -66,6 +67,9 @@ struct DeviceLimits {
   std::int64_t shared_bytes_per_block = 48 * 1024;           // the most dynamic shared memory one CTA may have
   std::int64_t shared_bytes_per_multiprocessor = 64 * 1024;  // all CTAs resident on one multiprocessor
   int warp_size = 32;                                        // lanes per warp (64 on AMD CDNA)
+  // The projection may use Hopper's warpgroup instructions (project_features_warpgroup_kernel): the device
+  // is sm_90 and the build has sm_90a device code. False forces the mma.sync kernel (tests, comparisons).
+  bool warpgroup_projection = false;
 };
 
 // The gate's weights and RoPE frequencies in device memory, uploaded once from a LearnedGate.
@@ -246,6 +250,9 @@ class GateSelectionPlan {
 #if defined(__HIPCC__)
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
 #endif  // NVIDIA has no key tiles: each warp streams its keys (key_tile_ is unused there)
+#if !defined(__HIPCC__)
+    warpgroup_projection_ = limits.warpgroup_projection && dim_ <= kWarpgroupProjectionColumns;
+#endif
     require(limits.warp_size == 32 || limits.warp_size == 64, "limits.warp_size", "is ", limits.warp_size,
             ", expected 32 or 64");
     warps_ = kGateThreads / limits.warp_size;
@@ -307,6 +314,7 @@ class GateSelectionPlan {
   std::int64_t rows_per_item() const { return rows_per_item_; }
   int key_tile() const { return key_tile_; }
   bool logits_in_shared_memory() const { return logits_in_shared_; }
+  bool warpgroup_projection() const { return warpgroup_projection_; }
 
   // Where the features live inside a workspace of this plan.
   GateFeatures features(const GateWorkspace& workspace) const {
@@ -380,6 +388,7 @@ class GateSelectionPlan {
   std::int64_t max_query_blocks_ = 0, max_key_blocks_ = 0;
   std::int64_t row_stride_ = 0, rows_per_item_ = 1, item_tiles_ = 0, items_ = 0, grid_ = 0;
   bool logits_in_shared_ = true;
+  bool warpgroup_projection_ = false;
   int key_tile_ = 32;
   std::int64_t warps_ = kGateThreads / 32;
   std::int64_t workspace_bytes_ = 0;
@@ -493,7 +502,7 @@ inline void validate_sequences(const GateSelectionPlan& plan, const GateSequence
 }
 
 // One projection launch: tiles sized for 128 columns when the features fit, else for 256.
-inline void launch_projection(const ProjectParams& params, std::int64_t batch, const char* what,
+inline void launch_projection(const ProjectParams& params, std::int64_t batch, bool warpgroup, const char* what,
                               vendor::stream_t stream) {
   if (params.weights == nullptr && params.weights_transposed == nullptr) {  // identity: RoPE alone
     constexpr int kThreads = 256;
@@ -505,7 +514,17 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
     return;
   }
 #if !defined(__HIPCC__)
-  // NVIDIA: tensor cores (split TF32) for projections up to 128 wide.
+  // NVIDIA: tensor cores (split TF32) for projections up to 128 wide; warpgroup instructions on Hopper.
+  if (params.weights_transposed != nullptr && warpgroup) {
+    const dim3 grid = grid_of((params.max_blocks + kWarpgroupProjectionRows - 1) / kWarpgroupProjectionRows,
+                              params.output_heads, batch);
+    const bool exact = params.weights_tf32_exact;
+    auto* kernel = exact ? &project_features_warpgroup_kernel<true> : &project_features_warpgroup_kernel<false>;
+    const int shared_bytes = WarpgroupProjectionLayout::shared_bytes(exact);
+    vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
+    vendor::launch_after_prior_grid(what, kernel, grid, dim3(128), shared_bytes, stream, params);
+    return;
+  }
   if (params.weights_transposed != nullptr) {  // the gate's uses_tensor_projection()
     const dim3 grid =
         grid_of((params.max_blocks + kTensorProjectionRows - 1) / kTensorProjectionRows, params.output_heads, batch);
@@ -515,6 +534,8 @@ inline void launch_projection(const ProjectParams& params, std::int64_t batch, c
     vendor::launch_after_prior_grid(what, kernel, grid, dim3(256), tensor_projection_shared_bytes(), stream, params);
     return;
   }
+#else
+  static_cast<void>(warpgroup);  // NVIDIA only
 #endif
   const dim3 grid = grid_of((params.max_blocks + kProjectionRows - 1) / kProjectionRows, params.output_heads, batch);
   if (params.dim <= 128) {
@@ -553,7 +574,7 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
   key.is_query = false;
   key.rope_table = table;
   if (plan.max_key_blocks() > 0) {
-    launch_projection(key, plan.batch(), "project_features_kernel launch (keys)", stream);
+    launch_projection(key, plan.batch(), plan.warpgroup_projection(), "project_features_kernel launch (keys)", stream);
   }
   // The query side: its projection, or RoPE alone (rotate_query) for a gate without q projection.
   if ((gate.has_q_projection() || rotate_query) && plan.max_query_blocks() > 0) {
@@ -567,7 +588,8 @@ inline void launch_projections(const DeviceLearnedGate& gate, const GateSelectio
     query.output_heads = gate.num_q_heads();
     query.max_blocks = plan.max_query_blocks();
     query.is_query = true;
-    launch_projection(query, plan.batch(), "project_features_kernel launch (queries)", stream);
+    launch_projection(query, plan.batch(), plan.warpgroup_projection(), "project_features_kernel launch (queries)",
+                      stream);
   }
 }
 

@@ -139,7 +139,8 @@ namespace detail {
   "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"   \
   "}, {%64, %65, %66, %67}, %68, keep, 1, 1, %70;\n}\n"
 
-#define SEER_WGMMA_M64N128K16_OPERANDS                                                          \
+// The 64 fp32 accumulators of an m64n128 instruction as in-out operands %0 .. %63.
+#define SEER_WGMMA_ACCUMULATORS_64                                                              \
   : "+f"(accumulator[0]), "+f"(accumulator[1]), "+f"(accumulator[2]), "+f"(accumulator[3]), \
     "+f"(accumulator[4]), "+f"(accumulator[5]), "+f"(accumulator[6]), "+f"(accumulator[7]), \
     "+f"(accumulator[8]), "+f"(accumulator[9]), "+f"(accumulator[10]), "+f"(accumulator[11]), \
@@ -155,8 +156,22 @@ namespace detail {
     "+f"(accumulator[48]), "+f"(accumulator[49]), "+f"(accumulator[50]), "+f"(accumulator[51]), \
     "+f"(accumulator[52]), "+f"(accumulator[53]), "+f"(accumulator[54]), "+f"(accumulator[55]), \
     "+f"(accumulator[56]), "+f"(accumulator[57]), "+f"(accumulator[58]), "+f"(accumulator[59]), \
-    "+f"(accumulator[60]), "+f"(accumulator[61]), "+f"(accumulator[62]), "+f"(accumulator[63]) \
-  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB)
+    "+f"(accumulator[60]), "+f"(accumulator[61]), "+f"(accumulator[62]), "+f"(accumulator[63])
+
+#define SEER_WGMMA_M64N128K16_OPERANDS \
+  SEER_WGMMA_ACCUMULATORS_64:          \
+  "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate), "n"(TransposeB)
+
+// The m64n128k8 instruction for TF32 inputs (K-major B only: TF32 has no transposed forms).
+#define SEER_WGMMA_M64N128K8_TF32                                                    \
+  "{\n.reg .pred keep;\nsetp.ne.b32 keep, %69, 0;\n"                                 \
+  "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 "                            \
+  "{"                                                                                \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"   \
+  "}, {%64, %65, %66, %67}, %68, keep, 1, 1;\n}\n"
 
 // The instructions, one function per shape; the element type only changes the type names in the text.
 template <class T, bool TransposeB>
@@ -196,6 +211,24 @@ struct warpgroup_mma_kernels {
 #undef SEER_WGMMA_M64N128K16_OPERANDS
 
 }  // namespace detail
+
+// accumulator[64 x 128] (+)= a[64 x 8] * B[8 x 128] in TF32 (the tensor cores read each operand's top 19
+// bits), A from registers in the mma.sync m16n8k8 tf32 layout (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4) of the warp's 16 rows), B K-major: 128 rows of 32 fp32 values (128 bytes) in the
+// 128-byte swizzle, the descriptor's start stepping 32 bytes per k8 slice. Asynchronous, like
+// warpgroup_multiply.
+__device__ inline void warpgroup_multiply_tf32(float (&accumulator)[64], const std::uint32_t (&a)[4],
+                                               std::uint64_t b_descriptor, std::uint32_t accumulate) {
+#if SEER_WARPGROUP_MMA_AVAILABLE
+  asm volatile(SEER_WGMMA_M64N128K8_TF32 SEER_WGMMA_ACCUMULATORS_64
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate));
+#else
+  (void)accumulator, (void)a, (void)b_descriptor, (void)accumulate;
+  __trap();
+#endif
+}
+#undef SEER_WGMMA_M64N128K8_TF32
+#undef SEER_WGMMA_ACCUMULATORS_64
 
 // accumulator[64 x N] (+)= a[64 x 16] * B[16 x N], A from registers (4 per thread), B described by
 // `b_descriptor`; TransposeB: B is stored N-contiguous (a V tile) rather than K-contiguous (a K tile).
