@@ -169,8 +169,11 @@ if has profile; then  # ncu, clocks left alone (--clock-control none)
     sed -E 's/void seer::gpu::sparse_decode_kernel<seer::bfloat16, /decode</' |
     sed -E 's/\(seer::gpu::DecodeParams<T1>\) //; s/, Context.*//' |
     head -80
-  # (2) where a batch-1 CTA's warps wait: warp states and source-level stall samples of one automatic launch.
-  timeout 75 ncu --clock-control none --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 \
+  # (2) where a batch-1 CTA's warps wait: warp states and source-level stall samples of one automatic launch,
+  # caches as a timed call finds them (--cache-control none: code and constants warm from the launches before,
+  # the data L2 full of the flush's dirty lines; ncu's default invalidates every cache first).
+  timeout 75 ncu --clock-control none --cache-control none --kernel-name regex:sparse_decode --launch-skip 2 \
+    --launch-count 1 \
     --section WarpStateStats --section SourceCounters --section SchedulerStats --section MemoryWorkloadAnalysis \
     --section SpeedOfLight --import-source no -o "$OUT/ncu_batch1" \
     python3 bench/gpu/decode/bench_decode.py --library $LIBRARY --profile --batches 1 --contexts 32768 \

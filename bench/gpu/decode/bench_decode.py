@@ -47,12 +47,15 @@ def load_library(path):
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     decode = library.seer_bench_decode_bf16
     decode.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, i64,
-                       i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
+                       i64, i64, i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
     decode.restype = ctypes.c_int
     workspace = library.seer_bench_decode_workspace_bf16
     workspace.argtypes = [i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, i64, ctypes.c_char_p, i64]
     workspace.restype = i64
-    return decode, workspace
+    capacity = library.seer_bench_decode_cluster_capacity_bf16
+    capacity.argtypes = [i64, i64, i64, i64, ctypes.c_char_p, i64]
+    capacity.restype = i64
+    return decode, workspace, capacity
 
 
 def random_blocks(batch, blocks, density, generator):
@@ -146,7 +149,9 @@ def main():
                              "(interleaved or contiguous splits), SPLITS 0 (automatic) or a bound, OPTIONS '+'-joined: "
                              "hm (a head-major cache [B, Hkv, S, D], SDPA's layout, instead of the token-major "
                              "[B, S, Hkv, D]), normal / ef (K/V lines in the L2 with the normal / evict-first policy; "
-                             "default: the library's choice); "
+                             "default: the library's choice), cl / ws (split rows merged in a thread-block cluster / "
+                             "through the workspace; default: the library's choice), 1cta (one CTA per multiprocessor: a "
+                             "shallow kernel launched with more shared memory than it uses); "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
                              "context, e.g. 1x32k@deep/contig/16)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
@@ -157,13 +162,20 @@ def main():
                              "variant that applies, each after the flush write (for a profiler such as ncu)")
     args = parser.parse_args()
 
-    decode, workspace_query = load_library(args.library)
+    decode, workspace_query, cluster_capacity = load_library(args.library)
     error = ctypes.create_string_buffer(1024)
     generator = torch.Generator(device="cuda")
     generator.manual_seed(int.from_bytes(os.urandom(4), "little"))
     device = torch.cuda.get_device_name()
     timer = Timer()
     results = []
+
+    # Clusters of the cluster-merge kernel the device runs at once (D 128, 16-row tiles): the automatic
+    # shape merges in clusters only when every cluster of the grid fits (batch 1: 8 clusters of 16 deep CTAs).
+    print(json.dumps({"probe": "cluster capacity", "deep x16": cluster_capacity(128, 1, 1, 16, error, len(error)),
+                      "deep x8": cluster_capacity(128, 1, 1, 8, error, len(error)),
+                      "shallow x7": cluster_capacity(128, 1, 0, 7, error, len(error)),
+                      "shallow x16": cluster_capacity(128, 1, 0, 16, error, len(error))}), flush=True)
 
     tiny = torch.zeros(1, device="cuda")
     null = lambda: tiny.add_(1.0)
@@ -189,7 +201,9 @@ def main():
             pipeline, order, forced = fields[:3]
             options = fields[3].split("+") if len(fields) > 3 else []
             policy = 2 if "normal" in options else (1 if "ef" in options else 0)
-            chosen.append((variant, (int(forced), pipelines[pipeline], orders[order], policy, "hm" in options)))
+            cluster = 2 if "cl" in options else (1 if "ws" in options else 0)
+            chosen.append((variant, (int(forced), pipelines[pipeline], orders[order], policy, "hm" in options,
+                                     cluster + (4 if "1cta" in options else 0))))
         return chosen
 
     variants_for = lambda batch, context: [v for _, v in parsed_variants(batch, context)]
@@ -221,7 +235,8 @@ def main():
                 return pool[:wanted]
 
             def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, order=0, policy=0,
-                          head_major=False):
+                          head_major=False, cluster=0):
+                """cluster: 0 automatic, 1 workspace merge, 2 cluster merge; plus 4: one CTA per multiprocessor."""
                 k, v = cache if cache is not None else (copies_for(0, True)[0] if head_major else (keys, values))
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 stream = torch.cuda.current_stream().cuda_stream
@@ -231,7 +246,8 @@ def main():
                                 counts.data_ptr() if blocks is not None else None, capacity,
                                 workspace.data_ptr() if workspace is not None else None,
                                 workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order,
-                                policy, 1 if head_major else 0, stream, error, len(error))
+                                policy, cluster % 4, cluster // 4, 1 if head_major else 0, stream, error,
+                                len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
@@ -247,12 +263,12 @@ def main():
                 for density in [float(d) for d in args.densities.split(",")]:
                     key_blocks, counts, capacity, kept = random_blocks(batch, context // BLOCK, density, generator)
                     blocks = (key_blocks, counts, capacity)
-                    for variant in [(0, 0, 0, 0, False)] + variants_for(batch, context):
-                        forced, pipeline, order, policy, head_major = variant
+                    for variant in [(0, 0, 0, 0, False, 0)] + variants_for(batch, context):
+                        forced, pipeline, order, policy, head_major, cluster = variant
                         workspace = workspace_for(capacity, False, forced)
                         for _ in range(3):
                             timer.flush_buffer.zero_()  # the L2 as do_bench leaves it: full of dirty lines
-                            seer_call(blocks, workspace, forced, None, pipeline, order, policy, head_major)
+                            seer_call(blocks, workspace, forced, None, pipeline, order, policy, head_major, cluster)
                 torch.cuda.synchronize()
                 continue
 
@@ -309,10 +325,11 @@ def main():
                 record(f"sdpa-{name}", 1.0, batch * KV_HEADS * (context // BLOCK), times, 0.0)
 
             def time_seer(blocks, workspace, bytes_per_call, forced_splits=0, pipeline=0, order=0, policy=0,
-                          head_major=False):
-                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, order, policy, head_major)
+                          head_major=False, cluster=0):
+                call = lambda: seer_call(blocks, workspace, forced_splits, None, pipeline, order, policy, head_major,
+                                         cluster)
                 graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order, policy,
-                                                     head_major)
+                                                     head_major, cluster)
                                for c in copies_for(bytes_per_call, head_major)]
                 return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls)}
 
@@ -343,19 +360,27 @@ def main():
                     print(json.dumps({"batch": batch, "context": context, "density": density, "forced_splits": sweep}),
                           flush=True)
                 if density == 0.1:
-                    for name, (forced, pipeline, order, policy, head_major) in zip(
+                    for name, (forced, pipeline, order, policy, head_major, cluster) in zip(
                             variant_names_for(batch, context), variants_for(batch, context)):
                         forced_workspace = workspace_for(capacity, False, forced)
-                        if head_major:  # the same call on the token-major cache must give the same bits
-                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, head_major)
+                        if head_major or cluster % 4:  # the same bits as the token-major / workspace-merge call
+                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, head_major,
+                                      cluster)
                             torch.cuda.synchronize()
                             reference_out = out.clone()
-                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, False)
+                            seer_call(blocks, forced_workspace, forced, None, pipeline, order, policy, False,
+                                      1 + cluster // 4 * 4)
                             torch.cuda.synchronize()
                             if not torch.equal(reference_out, out):
-                                raise RuntimeError(f"variant {name}: head-major output differs from token-major")
+                                difference = (reference_out.float() - out.float()).abs().max().item()
+                                if head_major:
+                                    raise RuntimeError(f"variant {name}: output differs from the token-major call "
+                                                       f"with the workspace merge (max {difference})")
+                                print(json.dumps({"variant": name, "warning": "cluster merge output differs from "
+                                                  "the workspace merge", "max_abs_difference": difference}),
+                                      flush=True)
                         times = time_seer(blocks, forced_workspace, kept_bytes, forced, pipeline, order, policy,
-                                          head_major)
+                                          head_major, cluster)
                         record(f"seer {name}", density, kept, times, None, forced)
             del q, keys, values, out, lse, q_sdpa, reference, copies, head_major_copies
             torch.cuda.empty_cache()

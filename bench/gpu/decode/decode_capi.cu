@@ -77,8 +77,10 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
 
 // One decode call on `stream`. key_blocks == nullptr selects dense decoding; forced_splits > 0 replaces the
 // automatic split bound; forced_pipeline 1 / 2 the shallow / deep kernel, forced_order 1 / 2 interleaved /
-// contiguous splits, forced_l2_policy 1 / 2 evict-first / normal K/V lines (0: automatic); head_major != 0:
-// keys and values are [batch, kv_heads, capacity, head_dim]. Returns 0, or 1 with a message.
+// contiguous splits, forced_l2_policy 1 / 2 evict-first / normal K/V lines, forced_cluster 1 / 2 split rows
+// merged through the workspace / in a thread-block cluster (0: automatic), one_cta != 0 one CTA per
+// multiprocessor (DecodeLaunchShape::one_cta_per_multiprocessor); head_major != 0: keys and values are
+// [batch, kv_heads, capacity, head_dim]. Returns 0, or 1 with a message.
 extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
                                       void* out, float* lse, std::int64_t batch, std::int64_t q_len,
                                       std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
@@ -86,20 +88,27 @@ extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const voi
                                       const std::int32_t* counts, std::int64_t block_capacity, void* workspace,
                                       std::int64_t workspace_bytes, std::int64_t forced_splits,
                                       std::int64_t forced_pipeline, std::int64_t forced_order,
-                                      std::int64_t forced_l2_policy, std::int64_t head_major, void* stream, char* error,
-                                      std::int64_t error_capacity) {
+                                      std::int64_t forced_l2_policy, std::int64_t forced_cluster, std::int64_t one_cta,
+                                      std::int64_t head_major, void* stream, char* error, std::int64_t error_capacity) {
   try {
     const Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
                                    max_length, key_blocks, counts, block_capacity, head_major != 0);
     seer::TensorView<float, 2> lse_view;
     if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
     const seer::DecodeBlockListView* blocks = key_blocks != nullptr ? &views.blocks : nullptr;
-    if (forced_splits > 0 || forced_pipeline > 0 || forced_order > 0 || forced_l2_policy > 0) {
+    if (forced_splits > 0 || forced_pipeline > 0 || forced_order > 0 || forced_l2_policy > 0 || forced_cluster > 0 ||
+        one_cta != 0) {
       seer::gpu::DecodeLaunchShape shape = seer::cuda::detail::automatic_decode_shape(views.q, views.cache, blocks);
       if (forced_splits > 0) shape.splits = forced_splits;
       if (forced_pipeline > 0) shape.deep_pipeline = forced_pipeline == 2;
       if (forced_order > 0) shape.contiguous_splits = forced_order == 2;
       if (forced_l2_policy > 0) shape.kv_evict_first = forced_l2_policy == 1;
+      if (forced_cluster > 0) {
+        shape.cluster_merge = forced_cluster == 2;
+      } else if (forced_splits > 0 || forced_pipeline > 0) {  // the automatic choice held for the automatic shape
+        shape.cluster_merge = false;
+      }
+      shape.one_cta_per_multiprocessor = one_cta != 0;
       seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
           views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
           shape, static_cast<cudaStream_t>(stream));
@@ -112,5 +121,18 @@ extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const voi
   } catch (const std::exception& e) {
     copy_message(e.what(), error, error_capacity);
     return 1;
+  }
+}
+
+// How many clusters of `splits` CTAs of the cluster-merge decode kernel (bf16, head_dim, row_blocks, deep != 0:
+// the deep pipeline) the device runs at once; -1 with a message on error.
+extern "C" std::int64_t seer_bench_decode_cluster_capacity_bf16(std::int64_t head_dim, std::int64_t row_blocks,
+                                                                std::int64_t deep, std::int64_t splits, char* error,
+                                                                std::int64_t error_capacity) {
+  try {
+    return seer::cuda::detail::decode_cluster_capacity<seer::bfloat16>(head_dim, row_blocks, deep != 0, splits);
+  } catch (const std::exception& e) {
+    copy_message(e.what(), error, error_capacity);
+    return -1;
   }
 }

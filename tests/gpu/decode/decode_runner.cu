@@ -98,9 +98,13 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
   if (call.forced_splits > 0) shape.splits = call.forced_splits;
   if (call.pipeline != 0) shape.deep_pipeline = call.pipeline == 2;
   if (call.split_order != 0) shape.contiguous_splits = call.split_order == 2;
+  if (call.cluster_merge != 0) shape.cluster_merge = call.cluster_merge == 2;
+  shape.one_cta_per_multiprocessor = call.one_cta_per_multiprocessor;
   const std::int64_t workspace_bytes =
       gpu::decode_workspace_bytes_for(call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
-  if (call.forced_splits == 0 && call.pipeline == 0 && call.split_order == 0 && !call.amd_kernel)  // public query
+  const bool forced = call.forced_splits > 0 || call.pipeline != 0 || call.split_order != 0 ||
+                      call.cluster_merge != 0 || call.one_cta_per_multiprocessor;
+  if (!forced && !call.amd_kernel)  // public query
     if (cuda::decode_workspace_bytes(device_q, device_cache, blocks) != workspace_bytes)
       throw Error("decode_workspace_bytes disagrees with the shape sparse_decode uses");
   DeviceArray<float> workspace((workspace_bytes + 3) / 4);
@@ -121,7 +125,7 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
     if (call.amd_kernel) {
       amd_decode<T>(device_q, device_cache, blocks, call.options, device_out, device_lse, workspace.get(),
                     workspace_bytes, shape, on);
-    } else if (call.forced_splits > 0 || call.pipeline != 0 || call.split_order != 0) {
+    } else if (forced) {
       cuda::detail::sparse_decode_with_shape<T>(device_q, device_cache, blocks, call.options, device_out, device_lse,
                                                 workspace.get(), workspace_bytes, shape, on);
     } else {
@@ -145,6 +149,11 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
   out.download(call.out.data, call.out_elements);
   if (call.lse.data != nullptr) lse.download(call.lse.data, lse_elements);
   return shape.splits;
+}
+
+std::int64_t decode_cluster_capacity_on_device(std::int64_t head_dim, std::int64_t row_blocks, bool deep,
+                                               std::int64_t splits) {
+  return cuda::detail::decode_cluster_capacity<bfloat16>(head_dim, row_blocks, deep, splits);
 }
 
 template std::int64_t run_decode_on_device<bfloat16>(const HostDecodeCall<bfloat16>&);

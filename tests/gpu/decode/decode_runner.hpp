@@ -38,7 +38,13 @@ struct HostDecodeCall {
   bool amd_kernel = false;         // run seer/gpu/decode_kernel_amd.hpp (portable path) instead
   int pipeline = 0;                // 0: the automatic kernel; 1: the shallow one (2 CTAs/SM); 2: the deep one
   int split_order = 0;             // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
+  int cluster_merge = 0;           // 0: automatic; 1: merge through the workspace; 2: in a thread-block cluster
+  bool one_cta_per_multiprocessor = false;  // DecodeLaunchShape's measurement knob
 };
+
+// How many clusters of `splits` CTAs of the cluster-merge kernel the device runs at once (0: none).
+std::int64_t decode_cluster_capacity_on_device(std::int64_t head_dim, std::int64_t row_blocks, bool deep,
+                                               std::int64_t splits);
 
 // Runs the call; returns the split bound it used.
 template <class T>

@@ -44,8 +44,10 @@ struct Case {
   bool capture_in_graph = false;
   std::int64_t forced_splits = 0;
   bool amd_kernel = false;
-  int pipeline = 0;     // 0: automatic; 1: shallow (2 CTAs/SM, 3-4 stages); 2: deep (1 CTA/SM, 6-8 stages)
-  int split_order = 0;  // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
+  int pipeline = 0;       // 0: automatic; 1: shallow (2 CTAs/SM, 3-4 stages); 2: deep (1 CTA/SM, 6-8 stages)
+  int split_order = 0;    // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
+  int cluster_merge = 0;  // 0: automatic; 1: merge through the workspace; 2: in a thread-block cluster
+  bool one_cta_per_multiprocessor = false;
 };
 
 std::string describe(const Case& c) {
@@ -65,7 +67,11 @@ std::string describe(const Case& c) {
                              : "") +
           (c.split_order == 1   ? ", interleaved splits"
            : c.split_order == 2 ? ", contiguous splits"
-                                : "");
+                                : "") +
+          (c.cluster_merge == 1   ? ", workspace merge"
+           : c.cluster_merge == 2 ? ", cluster merge"
+                                  : "") +
+          (c.one_cta_per_multiprocessor ? ", one CTA per multiprocessor" : "");
   return text;
 }
 
@@ -256,6 +262,8 @@ void check_case(const Case& c) {
   call.amd_kernel = c.amd_kernel;
   call.pipeline = c.pipeline;
   call.split_order = c.split_order;
+  call.cluster_merge = c.cluster_merge;
+  call.one_cta_per_multiprocessor = c.one_cta_per_multiprocessor;
   const std::int64_t splits = decode_test::run_decode_on_device(call);
   INFO("split bound ", splits);
   if (c.forced_splits > 0) CHECK(splits == c.forced_splits);
@@ -398,6 +406,82 @@ void check_forced_splits(int pipeline) {
 TEST_CASE("gpu decode: forced split counts, shallow pipeline (both split orders)") { check_forced_splits(1); }
 
 TEST_CASE("gpu decode: forced split counts, deep pipeline (both split orders)") { check_forced_splits(2); }
+
+namespace {
+
+// Split rows merged inside a thread-block cluster of their split CTAs (distributed shared memory), forced
+// on: 2 to 16 splits (16 is the largest cluster), so that the 190-token sequence's rows (3 kept tiles at
+// most: 1 or 2 effective splits) leave most CTAs of their clusters idle, and empty rows (one effective
+// split, no cluster barrier) are mixed in.
+void check_cluster_merge(int pipeline) {
+  if (decode_test::have_gpu())
+    MESSAGE("clusters of 16 deep D128 CTAs the device runs at once: ",
+            decode_test::decode_cluster_capacity_on_device(128, 1, true, 16),
+            "; of 7 shallow D128 CTAs: ", decode_test::decode_cluster_capacity_on_device(128, 1, false, 7));
+  for (const int split_order : {1, 2})
+    for (const std::int64_t splits : {2, 3, 7, 16}) {
+      Case c;
+      c.split_order = split_order;
+      c.packed = true;
+      c.q_lengths = {1, 3};
+      c.lengths = {3000, 190};
+      c.q_heads = 8;
+      c.kv_heads = 2;
+      c.density = 0.5;
+      c.empty_rows = splits == 7;
+      c.forced_splits = splits;
+      c.pipeline = pipeline;
+      c.cluster_merge = 2;
+      check_both_types(c);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gpu decode: split merge in a thread-block cluster, shallow pipeline (both split orders)") {
+  check_cluster_merge(1);
+}
+
+TEST_CASE("gpu decode: split merge in a thread-block cluster, deep pipeline (both split orders)") {
+  check_cluster_merge(2);
+}
+
+TEST_CASE("gpu decode: cluster merge with head chunks (head dims 64 and 128), in a CUDA graph, one CTA per SM") {
+  for (const std::int64_t head_dim : {64, 128}) {
+    Case c;
+    c.q_lengths.assign(2, 8);
+    c.lengths = {2500, 4000};
+    c.q_heads = 32;  // group 16 x 8 tokens: two head chunks of 64 rows
+    c.kv_heads = 2;
+    c.head_dim = head_dim;
+    c.density = 0.6;
+    c.forced_splits = 5;
+    c.cluster_merge = 2;
+    for (const int pipeline : {1, 2}) {
+      c.pipeline = pipeline;
+      check_both_types(c);
+    }
+  }
+  Case c;  // the batch-1 shape of the benchmark, shorter: the automatic kernel, captured in a graph
+  c.q_lengths = {1};
+  c.lengths = {9000};
+  c.q_heads = 32;
+  c.kv_heads = 8;
+  c.density = 0.1;
+  c.capture_in_graph = true;
+  c.cluster_merge = 2;
+  c.pipeline = 2;
+  c.forced_splits = 16;
+  check_both_types(c);
+  c.cluster_merge = 1;  // the same through the workspace (the automatic shape may choose either)
+  check_both_types(c);
+  c.pipeline = 1;  // the shallow kernel with one CTA per multiprocessor (a measurement knob), both merges
+  c.forced_splits = 7;
+  c.one_cta_per_multiprocessor = true;
+  check_both_types(c);
+  c.cluster_merge = 2;
+  check_both_types(c);
+}
 
 TEST_CASE("gpu decode: head chunks with forced splits (head dims 64 and 128, both pipelines and split orders)") {
   for (const std::int64_t head_dim : {64, 128}) {  // head dim 64 has deeper pipelines (4 and 8 stages)

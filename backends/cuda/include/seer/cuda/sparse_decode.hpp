@@ -29,7 +29,11 @@
 // ascending below ceil(lengths[b] / 64) and counts <= capacity, page table entries of used pages valid.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "seer/core/attention_problem.hpp"
@@ -68,24 +72,135 @@ inline DecodeDevice decode_device() {
   return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= kDeepBytes ? multiprocessors : 0};
 }
 
-template <class T, int HeadDim, int RowBlocks, bool Deep>
+template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge>
 void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
   using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep>;
-  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep>;
-  gpu::vendor::set_max_dynamic_shared_bytes(kernel, Traits::kSharedBytes);
+  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep, ClusterMerge>;
+  // More than half a multiprocessor's shared memory (228 KB on sm_90) keeps a second CTA off it.
+  constexpr int kOneCtaBytes = 116 * 1024;
+  const int shared_bytes =
+      params.one_cta_per_multiprocessor && Traits::kSharedBytes < kOneCtaBytes ? kOneCtaBytes : Traits::kSharedBytes;
+  gpu::vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
-  kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(params);
-  gpu::vendor::check_last_launch("sparse_decode_kernel launch");
+  if constexpr (!ClusterMerge) {
+    kernel<<<grid, Traits::kThreads, shared_bytes, stream>>>(params);
+    gpu::vendor::check_last_launch("sparse_decode_kernel launch");
+  } else {
+    // One cluster per (sequence, KV head, head chunk): the grid's x extent, its splits (at most 16; more
+    // than 8 is a non-portable cluster size, which sm_90 allows once the kernel asks for it).
+    if (params.splits > 8)
+      gpu::vendor::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                         "cudaFuncSetAttribute(NonPortableClusterSizeAllowed)");
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(Traits::kThreads);
+    config.dynamicSmemBytes = static_cast<std::size_t>(shared_bytes);
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(params.splits);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    gpu::vendor::check(cudaLaunchKernelEx(&config, kernel, params), "sparse_decode_kernel launch (cluster merge)");
+  }
 }
 
 template <class T, int HeadDim, int RowBlocks>
 void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
   if (params.deep_pipeline) {
-    launch_decode_kernel<T, HeadDim, RowBlocks, true>(params, stream);
+    if (params.cluster_merge) {
+      launch_decode_kernel<T, HeadDim, RowBlocks, true, true>(params, stream);
+    } else {
+      launch_decode_kernel<T, HeadDim, RowBlocks, true, false>(params, stream);
+    }
+  } else if (params.cluster_merge) {
+    launch_decode_kernel<T, HeadDim, RowBlocks, false, true>(params, stream);
   } else {
-    launch_decode_kernel<T, HeadDim, RowBlocks, false>(params, stream);
+    launch_decode_kernel<T, HeadDim, RowBlocks, false, false>(params, stream);
   }
+}
+
+// How many clusters of `splits` CTAs of the kernel for (head dim, row blocks, pipeline) the current device
+// runs at once (cudaOccupancyMaxActiveClusters; each cluster must fit on one GPC's multiprocessors, which
+// differ between chips), remembered per (device, kernel, splits): the automatic shape asks on every call.
+template <class T>
+std::int64_t decode_cluster_capacity(std::int64_t head_dim, std::int64_t row_blocks, bool deep, std::int64_t splits) {
+  if (splits < 2 || splits > gpu::kDecodeMaxClusterSplits) return 0;
+  int device = 0, major = 0;
+  gpu::vendor::check(cudaGetDevice(&device), "cudaGetDevice");
+  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  if (major < 9) return 0;
+  static std::mutex mutex;
+  static std::map<std::tuple<int, std::int64_t, std::int64_t, bool, std::int64_t>, std::int64_t> known;
+  const auto key = std::make_tuple(device, head_dim, row_blocks, deep, splits);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = known.find(key);
+    if (found != known.end()) return found->second;
+  }
+  int clusters = 0;
+  auto ask = [&](auto kernel, int threads, int shared_bytes) {
+    gpu::vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
+    if (splits > 8)
+      gpu::vendor::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                         "cudaFuncSetAttribute(NonPortableClusterSizeAllowed)");
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(splits));
+    config.blockDim = dim3(static_cast<unsigned>(threads));
+    config.dynamicSmemBytes = static_cast<std::size_t>(shared_bytes);
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(splits);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    // A configuration the device cannot run at all answers with an error: no clusters then.
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+      static_cast<void>(cudaGetLastError());
+      clusters = 0;
+    }
+  };
+  auto with_kernel = [&](auto head_dim_constant, auto row_blocks_constant, auto deep_constant) {
+    constexpr int kHeadDim = decltype(head_dim_constant)::value, kRowBlocks = decltype(row_blocks_constant)::value;
+    constexpr bool kDeep = decltype(deep_constant)::value;
+    using Traits = gpu::DecodeTraits<T, kHeadDim, kRowBlocks, kDeep>;
+    ask(&gpu::sparse_decode_kernel<T, kHeadDim, kRowBlocks, kDeep, true>, Traits::kThreads, Traits::kSharedBytes);
+  };
+  auto with_rows = [&](auto head_dim_constant, auto deep_constant) {
+    if (row_blocks <= 1) {
+      with_kernel(head_dim_constant, std::integral_constant<int, 1>{}, deep_constant);
+    } else if (row_blocks == 2) {
+      with_kernel(head_dim_constant, std::integral_constant<int, 2>{}, deep_constant);
+    } else {
+      with_kernel(head_dim_constant, std::integral_constant<int, 4>{}, deep_constant);
+    }
+  };
+  auto with_pipeline = [&](auto head_dim_constant) {
+    if (deep) {
+      with_rows(head_dim_constant, std::true_type{});
+    } else {
+      with_rows(head_dim_constant, std::false_type{});
+    }
+  };
+  if (head_dim == 64) {
+    with_pipeline(std::integral_constant<int, 64>{});
+  } else {
+    with_pipeline(std::integral_constant<int, 128>{});
+  }
+  const std::lock_guard<std::mutex> lock(mutex);
+  known[key] = clusters;
+  return clusters;
+}
+
+// Row blocks (16-row MMA tiles) of the kernel that serves a launch shape (dispatch_decode_kernel's rule).
+inline std::int64_t decode_row_blocks(const gpu::DecodeLaunchShape& shape, std::int64_t max_query_tokens) {
+  const std::int64_t rows = shape.heads_per_cta * std::max<std::int64_t>(1, max_query_tokens);
+  return rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
 }
 
 // sparse_decode with a given launch shape (the tests force split counts through it).
@@ -111,8 +226,17 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
   // Tiles a deep CTA holds in flight: its stages but one.
   const std::int64_t deep_tiles = q.head_dim == 64 ? gpu::DecodeTraits<T, 64, 1, true>::kStages - 1
                                                    : gpu::DecodeTraits<T, 128, 1, true>::kStages - 1;
-  return gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
-                                  device.resident_ctas, device.deep_pipeline_ctas, deep_tiles);
+  gpu::DecodeLaunchShape shape =
+      gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
+                               device.resident_ctas, device.deep_pipeline_ctas, deep_tiles);
+  // Split rows of the deep kernel (small batches: one wave of CTAs, whose end the merge's round trips
+  // lengthen) merge in a cluster when every cluster of the grid runs at once.
+  if (shape.deep_pipeline && shape.splits > 1 && shape.splits <= gpu::kDecodeMaxClusterSplits) {
+    const std::int64_t clusters = q.batch * cache.heads * shape.head_chunks;
+    shape.cluster_merge =
+        decode_cluster_capacity<T>(q.head_dim, decode_row_blocks(shape, q.max_length), true, shape.splits) >= clusters;
+  }
+  return shape;
 }
 
 }  // namespace detail

@@ -12,7 +12,10 @@
 // At the end the warps' (max, sum, output) are combined through shared memory, and the CTA either
 // writes the output and log-sum-exp (a row with one effective split) or an fp32 partial; the last CTA
 // of the (sequence, KV head, head chunk) to finish combines the partials by log-sum-exp (no second
-// kernel: its launch and the wait for the whole decode grid cost more than the combination).
+// kernel: its launch and the wait for the whole decode grid cost more than the combination). On sm_90
+// the split CTAs of a row may instead form one thread-block cluster (ClusterMerge): each keeps its
+// partial rows in its shared memory, and after a cluster barrier all of them merge a share of the rows
+// by reading each other's shared memory (no workspace round trips at the end of a call).
 //
 // Masking: query token t of sequence b sees cache tokens j <= BlockGeometry{q_len, length, 64,
 // causal}.last_visible_key(t) = length - q_len + t; only the last tile or two (the new tokens, the
@@ -219,18 +222,16 @@ __device__ inline float load_partial_lse(const float* address) {
 #endif
 }
 
-// Combines the partials of one (sequence, token, head) row over its `splits` effective splits, 4
-// output dims (quad) per call: out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m). Splits are read
-// kMergeBatch at a time, all loads of a batch issued before their first use, always in split order
-// (the result does not depend on which CTA finished last).
-template <class T, int HeadDim>
-__device__ inline void merge_partial_row(const DecodeParams<T>& params, std::int64_t sequence, std::int64_t token,
-                                         std::int64_t head, int quad, std::int64_t splits) {
+// Combines the partials of one row over its `splits` effective splits, 4 output dims (quad) per call:
+// out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m), with load_lse(s) the base-2 log-sum-exp and
+// load_output(s) the quad of split s. Splits are read kMergeBatch at a time, all loads of a batch issued
+// before their first use, always in split order (the result does not depend on which CTA finished last).
+// Returns the normalised quad; `log2_sum_exp` receives the row's (-inf when it saw no key).
+template <class LoadLse, class LoadOutput>
+__device__ inline float4 combine_partials(std::int64_t splits, const LoadLse& load_lse, const LoadOutput& load_output,
+                                          float& log2_sum_exp) {
   constexpr int kMergeBatch = 8;
   const float negative_infinity = -__int_as_float(0x7f800000);
-  const std::int64_t row = params.partial_row(sequence, token, head);
-  const float* const lses = params.partial_lse + row * params.splits;
-  const float* const partials = params.partial_output + row * params.splits * HeadDim + 4 * quad;
   float peak = negative_infinity, sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
   for (std::int64_t first = 0; first < splits; first += kMergeBatch) {
     float lse[kMergeBatch];
@@ -238,8 +239,8 @@ __device__ inline void merge_partial_row(const DecodeParams<T>& params, std::int
 #pragma unroll
     for (int i = 0; i < kMergeBatch; ++i) {
       const bool valid = first + i < splits;
-      lse[i] = valid ? load_partial_lse(lses + first + i) : negative_infinity;
-      o[i] = valid ? load_partial(partials + (first + i) * HeadDim) : make_float4(0, 0, 0, 0);
+      lse[i] = valid ? load_lse(first + i) : negative_infinity;
+      o[i] = valid ? load_output(first + i) : make_float4(0, 0, 0, 0);
     }
     float batch_peak = peak;
 #pragma unroll
@@ -263,21 +264,115 @@ __device__ inline void merge_partial_row(const DecodeParams<T>& params, std::int
     peak = batch_peak;
   }
   const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-  store_four(params.out.vector(sequence, token, head) + 4 * quad, o0 * inverse, o1 * inverse, o2 * inverse,
-             o3 * inverse);
+  log2_sum_exp = sum > 0.0f ? peak + __log2f(sum) : negative_infinity;
+  return make_float4(o0 * inverse, o1 * inverse, o2 * inverse, o3 * inverse);
+}
+
+// Stores a merged quad of (sequence, token, head) and, for the first quad, its natural-log LSE.
+template <class T>
+__device__ inline void store_merged_quad(const DecodeParams<T>& params, std::int64_t sequence, std::int64_t token,
+                                         std::int64_t head, int quad, float4 o, float log2_sum_exp) {
+  const float negative_infinity = -__int_as_float(0x7f800000);
+  store_four(params.out.vector(sequence, token, head) + 4 * quad, o.x, o.y, o.z, o.w);
   if (quad == 0 && params.lse != nullptr)
     params.lse[head * params.lse_head_stride + (params.q.start(sequence) + token) * params.lse_token_stride] =
-        sum > 0.0f ? (peak + __log2f(sum)) * kLn2 : negative_infinity;
+        log2_sum_exp == negative_infinity ? negative_infinity : log2_sum_exp * kLn2;
 }
+
+// Merges one (sequence, token, head) row's partials from the workspace (combine_partials).
+template <class T, int HeadDim>
+__device__ inline void merge_partial_row(const DecodeParams<T>& params, std::int64_t sequence, std::int64_t token,
+                                         std::int64_t head, int quad, std::int64_t splits) {
+  const std::int64_t row = params.partial_row(sequence, token, head);
+  const float* const lses = params.partial_lse + row * params.splits;
+  const float* const partials = params.partial_output + row * params.splits * HeadDim + 4 * quad;
+  float log2_sum_exp;
+  const float4 o = combine_partials(
+      splits, [&](std::int64_t split) { return load_partial_lse(lses + split); },
+      [&](std::int64_t split) { return load_partial(partials + split * HeadDim); }, log2_sum_exp);
+  store_merged_quad(params, sequence, token, head, quad, o, log2_sum_exp);
+}
+
+// Where a CTA of a cluster merge keeps its normalised partial rows ([rows][HeadDim]) and their base-2
+// log-sum-exps, in its own shared memory (the same offsets in every CTA of the cluster).
+struct ClusterPartials {
+  float* outputs = nullptr;
+  float* lses = nullptr;
+};
+
+#if !defined(__HIPCC__)
+// ---- thread-block clusters (sm_90): the split CTAs of a row merge through distributed shared memory ----
+
+// Every thread of every CTA of the cluster arrives; returns once all have. Release / acquire: shared
+// memory written before it by any CTA of the cluster is visible after it to all of them.
+__device__ inline void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
+// The shared::cluster address of `local` (this CTA's shared memory) in the CTA of cluster rank `rank`.
+__device__ inline std::uint32_t cluster_shared_address(const void* local, std::uint32_t rank) {
+  std::uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(vendor::shared_address(local)), "r"(rank));
+  return remote;
+}
+__device__ inline float load_cluster_float(std::uint32_t address) {
+  float value;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(value) : "r"(address) : "memory");
+  return value;
+}
+__device__ inline float4 load_cluster_float4(std::uint32_t address) {
+  float4 value;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(value.x), "=f"(value.y), "=f"(value.z), "=f"(value.w)
+               : "r"(address)
+               : "memory");
+  return value;
+}
+
+// The cluster merge: the grid's x extent (params.splits) is the cluster, cluster rank = blockIdx.x = the
+// split. After one cluster barrier every CTA of the cluster, those beyond the row's effective splits too,
+// merges an equal share of the (row, quad) items from the effective splits' shared memories and stores
+// them; a second barrier keeps each CTA's shared memory alive until every CTA has read it. Every thread of
+// every CTA of the cluster calls this (it holds cluster-wide barriers).
+template <class T, int HeadDim>
+__device__ inline void merge_cluster_rows(const DecodeParams<T>& params, const DecodeCtaWork& work,
+                                          const ClusterPartials& partials) {
+  constexpr int kQuads = HeadDim / 4;
+  cluster_barrier();  // every effective split's partial rows are in its shared memory
+  const int items = static_cast<int>(work.rows) * kQuads;
+  const int ctas = static_cast<int>(params.splits), rank = static_cast<int>(blockIdx.x);
+  const int last = (rank + 1) * items / ctas;
+  for (int item = rank * items / ctas + static_cast<int>(threadIdx.x); item < last;
+       item += static_cast<int>(blockDim.x)) {
+    const int row = item / kQuads, quad = item % kQuads;
+    float log2_sum_exp;
+    const float4 o = combine_partials(
+        work.effective_splits,
+        [&](std::int64_t split) {
+          return load_cluster_float(cluster_shared_address(partials.lses + row, static_cast<std::uint32_t>(split)));
+        },
+        [&](std::int64_t split) {
+          return load_cluster_float4(
+              cluster_shared_address(partials.outputs + row * HeadDim + 4 * quad, static_cast<std::uint32_t>(split)));
+        },
+        log2_sum_exp);
+    store_merged_quad(params, work.sequence, work.row_token(row), work.row_head(row), quad, o, log2_sum_exp);
+  }
+  cluster_barrier();  // no CTA leaves (its shared memory with it) while another may still read it
+}
+#endif  // !__HIPCC__
 
 // The epilogue of a decode CTA. Warp slot w staged, for its 16 rows of row block w % RowBlocks, the
 // running maximum (log2 units), the row sum and the unnormalised output (stride HeadDim + kStagingPad).
 // Rows combine their KeyGroups slots, then go to the output (one effective split) or the workspace;
 // in the second case the CTA counts itself done, and the last of the effective splits to do so merges
-// every split's partial. Every thread of the CTA calls this (it holds block-wide barriers).
-template <class T, int HeadDim, int RowBlocks, int KeyGroups>
+// every split's partial. With ClusterMerge (NVIDIA) the partial rows go to this CTA's `cluster_partials`
+// instead, and the cluster's CTAs merge them together (merge_cluster_rows). Every thread of the CTA calls
+// this (it holds block-wide barriers; with ClusterMerge and more than one effective split, cluster-wide).
+template <class T, int HeadDim, int RowBlocks, int KeyGroups, bool ClusterMerge = false>
 __device__ inline void write_decode_rows(const DecodeParams<T>& params, const DecodeCtaWork& work, const float* maxima,
-                                         const float* sums, const float* outputs) {
+                                         const float* sums, const float* outputs,
+                                         const ClusterPartials& cluster_partials = ClusterPartials{}) {
   constexpr int kQuads = HeadDim / 4;
   constexpr int kStride = HeadDim + kStagingPad;
   const float negative_infinity = -__int_as_float(0x7f800000);
@@ -312,6 +407,10 @@ __device__ inline void write_decode_rows(const DecodeParams<T>& params, const De
       if (quad == 0 && params.lse != nullptr)
         params.lse[head * params.lse_head_stride + (params.q.start(work.sequence) + token) * params.lse_token_stride] =
             sum > 0.0f ? log2_sum_exp * kLn2 : negative_infinity;
+    } else if (ClusterMerge) {
+      *reinterpret_cast<float4*>(cluster_partials.outputs + row * HeadDim + 4 * quad) =
+          make_float4(o0 * inverse, o1 * inverse, o2 * inverse, o3 * inverse);
+      if (quad == 0) cluster_partials.lses[row] = log2_sum_exp;
     } else {
       const std::int64_t partial = params.partial_row(work.sequence, token, head) * params.splits + work.split;
       *reinterpret_cast<float4*>(params.partial_output + partial * HeadDim + 4 * quad) =
@@ -319,7 +418,13 @@ __device__ inline void write_decode_rows(const DecodeParams<T>& params, const De
       if (quad == 0) params.partial_lse[partial] = log2_sum_exp;
     }
   }
-  if (direct) return;  // uniform over the CTA
+  if (direct) return;  // uniform over the CTA (and over the cluster: every CTA of it serves the same row)
+#if !defined(__HIPCC__)
+  if constexpr (ClusterMerge) {
+    merge_cluster_rows<T, HeadDim>(params, work, cluster_partials);
+    return;
+  }
+#endif
 
   // Completion count: each thread's partial stores are made visible device-wide (fence) before the
   // CTA's arrival is counted; the CTA whose arrival completes the count merges, after an acquiring
@@ -371,11 +476,19 @@ struct DecodeTraits {
   static constexpr int kPipelineBytes = kStages * 2 * kTileElements * static_cast<int>(sizeof(T));
   static constexpr int kStagingBytes = kWarps * 16 * (HeadDim + decode_detail::kStagingPad + 2) * 4;
   static constexpr int kSharedBytes = kQueryBytes + (kPipelineBytes > kStagingBytes ? kPipelineBytes : kStagingBytes);
+  // A cluster merge keeps the CTA's normalised partial rows ([kQueryRows][HeadDim]) and their log-sum-exps
+  // in the tile buffers, after the staging area (the tiles are done by then; the staging is read meanwhile).
+  static constexpr int kClusterPartialsOffset = kStagingBytes;
+  static constexpr int kClusterPartialsBytes = kQueryRows * (HeadDim + 1) * 4;
+  static_assert(kClusterPartialsOffset % 16 == 0 && kClusterPartialsOffset + kClusterPartialsBytes <= kPipelineBytes,
+                "the cluster merge's partial rows must fit in the tile buffers after the staging area");
 };
 
 #if !defined(__HIPCC__)
 
-template <class T, int HeadDim, int RowBlocks, bool Deep>
+// ClusterMerge: launched with the grid's x extent (the splits) as its thread-block cluster; split rows
+// merge through distributed shared memory (decode_detail::merge_cluster_rows) instead of the workspace.
+template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge = false>
 __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kThreads,
                                   DecodeTraits<T, HeadDim, RowBlocks, Deep>::kCtasPerMultiprocessor)
     sparse_decode_kernel(const DecodeParams<T> params) {
@@ -389,13 +502,26 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   constexpr int kDimSteps = HeadDim / 16;          // k16 steps of Q * K^T
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  decode_detail::DecodeCtaWork work;
-  std::int32_t guessed_tiles[kStages - 1];  // the prologue's kept indices, if the row uses every split
-  if (!decode_detail::plan_decode_cta(params, work, guessed_tiles)) return;
-
   extern __shared__ __align__(128) unsigned char decode_shared_bytes[];
   T* const shared_query = reinterpret_cast<T*>(decode_shared_bytes);
   T* const shared_tiles = reinterpret_cast<T*>(decode_shared_bytes + Traits::kQueryBytes);
+  decode_detail::ClusterPartials cluster_partials;
+  if constexpr (ClusterMerge) {
+    cluster_partials.outputs =
+        reinterpret_cast<float*>(decode_shared_bytes + Traits::kQueryBytes + Traits::kClusterPartialsOffset);
+    cluster_partials.lses = cluster_partials.outputs + Traits::kQueryRows * HeadDim;
+  }
+
+  decode_detail::DecodeCtaWork work;
+  std::int32_t guessed_tiles[kStages - 1];  // the prologue's kept indices, if the row uses every split
+  if (!decode_detail::plan_decode_cta(params, work, guessed_tiles)) {
+    // In a cluster, a split beyond the row's effective ones still takes its share of the merge (and its
+    // barriers); the whole cluster serves one row, so this test is uniform over it.
+    if constexpr (ClusterMerge)
+      if (work.query_tokens > 0 && work.effective_splits > 1)
+        decode_detail::merge_cluster_rows<T, HeadDim>(params, work, cluster_partials);
+    return;
+  }
   const int thread = static_cast<int>(threadIdx.x);
 
   // ---- Q: the group's rows, zeros for the padding rows ----
@@ -617,7 +743,8 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
           make_float2(output[f][2 * half], output[f][2 * half + 1]);
   }
   __syncthreads();
-  decode_detail::write_decode_rows<T, HeadDim, RowBlocks, Traits::kKeyGroups>(params, work, maxima, sums, staged);
+  decode_detail::write_decode_rows<T, HeadDim, RowBlocks, Traits::kKeyGroups, ClusterMerge>(params, work, maxima, sums,
+                                                                                            staged, cluster_partials);
 }
 
 #endif  // !__HIPCC__

@@ -38,6 +38,8 @@ inline constexpr std::int64_t kDecodeMaxRows = 64;          // query rows (heads
 inline constexpr std::int64_t kDecodeMaxQueryTokens = 8;    // new tokens per sequence (speculative decoding)
 inline constexpr std::int64_t kDecodeMinTilesPerSplit = 2;  // fewer and a split costs more than it saves
 inline constexpr std::int64_t kDecodeMaxSplits = 128;       // bound on the workspace and the merge loop
+// Most splits whose CTAs can form one thread-block cluster (16: NVIDIA's non-portable cluster size limit).
+inline constexpr std::int64_t kDecodeMaxClusterSplits = 16;
 
 inline bool decode_supports_head_dim(std::int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
@@ -63,6 +65,10 @@ struct DecodeParams {
   std::int64_t splits = 1;       // grid x: the upper bound on any row's effective splits
   bool tile_in_one_page = true;  // contiguous cache, or pages a multiple of 64 tokens
   bool deep_pipeline = false;    // host-side: launch the one-CTA-per-multiprocessor kernel (more tiles in flight)
+  // host-side: launch the kernel whose split CTAs form one thread-block cluster and merge through
+  // distributed shared memory (NVIDIA sm_90; see DecodeLaunchShape::cluster_merge)
+  bool cluster_merge = false;
+  bool one_cta_per_multiprocessor = false;  // host-side: see DecodeLaunchShape
   // A CTA takes a contiguous range of its row's tiles instead of every effective_splits-th one.
   bool contiguous_splits = false;
   // K/V copies ask the L2 to evict their lines first (NVIDIA; the AMD kernel ignores it): see
@@ -117,6 +123,17 @@ struct DecodeLaunchShape {
   // replace its own spent lines instead of what else the L2 holds (dirty lines of earlier kernels, each
   // of which would cost a write-back to DRAM, and data the next kernels read again).
   bool kv_evict_first = true;
+  // The split CTAs of a (sequence, KV head, head chunk) form one thread-block cluster (NVIDIA sm_90, at
+  // most kDecodeMaxClusterSplits splits): each CTA keeps its partial rows in shared memory and, after one
+  // cluster barrier, the CTAs merge them by reading each other's shared memory, instead of writing fp32
+  // partials to the workspace and counting arrivals with a fence and an atomic (three dependent L2 round
+  // trips before the last CTA can store the output). Chosen by the CUDA backend where every cluster of the
+  // grid fits on the device at once (it asks the occupancy API); ignored with one split.
+  bool cluster_merge = false;
+  // A measurement knob, never automatic (NVIDIA): the kernel is launched with more shared memory than it
+  // uses, so that one CTA fits per multiprocessor: half the K/V bytes in flight of the shallow kernel
+  // (do_bench's flush leaves the L2 full of dirty lines, and each line a pending copy takes is written back).
+  bool one_cta_per_multiprocessor = false;
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -294,6 +311,8 @@ DecodeParams<T> make_decode_params(SequenceBatch<const T> q, KvCacheView<const T
   params.max_query_tokens = q.max_length;
   params.splits = shape.splits;
   params.deep_pipeline = shape.deep_pipeline;
+  params.cluster_merge = shape.cluster_merge && shape.splits > 1 && shape.splits <= kDecodeMaxClusterSplits;
+  params.one_cta_per_multiprocessor = shape.one_cta_per_multiprocessor;
   params.contiguous_splits = shape.contiguous_splits;
   params.kv_evict_first = shape.kv_evict_first;
   params.tile_in_one_page = !cache.is_paged() || cache.page_size % kDecodeTileKeys == 0;
