@@ -18,8 +18,9 @@
 // by reading each other's shared memory (no workspace round trips at the end of a call).
 //
 // Masking: query token t of sequence b sees cache tokens j <= BlockGeometry{q_len, length, 64,
-// causal}.last_visible_key(t) = length - q_len + t; only the last tile or two (the new tokens, the
-// ragged end) pay for the per-element test. Rows past a sequence's length are zero-filled, never read.
+// causal}.last_visible_key(t) = length - q_len + t; the per-element test (selects, no branch) masks keys
+// only in the last tile or two (the new tokens, the ragged end). Rows past a sequence's length are
+// zero-filled, never read.
 //
 // Shared by both vendors: the CTA plan, the epilogue and the merge. The NVIDIA kernel
 // (mma.sync m16n8k16, ldmatrix, cp.async) is compiled only by nvcc; the AMD kernel
@@ -600,8 +601,6 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   std::int64_t row_limit[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) row_limit[half] = work.row_limit(16 * row_block + group_row + 8 * half);
-  // Keys below this are visible to every row: tiles before it need no mask.
-  const std::int64_t first_masked_key = work.geometry.last_visible_key(0) + 1;
 
   std::uint32_t query_fragments[kDimSteps][4];
   float output[kDimFragments][4];
@@ -610,25 +609,21 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   float running_max[2] = {negative_infinity, negative_infinity};  // scaled log2 units
   float running_sum[2] = {0.0f, 0.0f};                            // this lane's partial sums
 
-  std::int64_t next_tile = kStages - 1 < work.steps ? work.tile(kStages - 1) : 0;
-  for (std::int64_t step = 0; step < work.steps; ++step) {
-    vendor::wait_async_copies<kStages - 2>();  // tile `step` (and Q) landed for this thread
-    __syncthreads();                           // ... for all; every warp is done with tile step - 1
-    if (step == 0) {
+  // The tile loop holds no data-dependent branch but the copies' refill: a lone CTA (batch 1) runs its few
+  // tiles' code once, fetching each instruction line cold (after do_bench's flush, from DRAM: H100 stall
+  // sampling with warm caches, 37% of the samples waited for instructions, most at the targets of jumps over
+  // the mask, the rescale and the unexecuted refill blocks). So the mask and the rescale are selects and
+  // multiplies on every tile, Q's fragments load before the loop, and the last kStages - 1 steps, which
+  // refill nothing, run in a second copy of the loop without the copy code (a CTA of up to kStages - 1
+  // tiles, the deep kernel's batch-1 case, runs only that one).
+  vendor::wait_async_copies<kStages - 2>();  // Q and tile 0 landed for this thread
+  __syncthreads();                           // ... for all
 #pragma unroll
-      for (int step_d = 0; step_d < kDimSteps; ++step_d)
-        load_matrix_x4(
-            query_fragments[step_d],
-            shared_query + swizzled_pair_offset<kChunksPerRow>(query_ldm_row, lane_low_bits, step_d, query_ldm_chunk));
-    }
-    {
-      const std::int64_t ahead = step + kStages - 1;  // refills the buffer of tile step - 1
-      if (ahead < work.steps) {
-        load_tile(next_tile, static_cast<int>(ahead % kStages));
-        next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
-      }
-      vendor::commit_async_copies();
-    }
+  for (int step_d = 0; step_d < kDimSteps; ++step_d)
+    load_matrix_x4(query_fragments[step_d], shared_query + swizzled_pair_offset<kChunksPerRow>(
+                                                               query_ldm_row, lane_low_bits, step_d, query_ldm_chunk));
+
+  auto process_tile = [&](std::int64_t step) {
     const std::int64_t tile = work.tile(step);
     const T* const keys = shared_tiles + static_cast<int>(step % kStages) * 2 * Traits::kTileElements;
     const T* const values = keys + Traits::kTileElements;
@@ -648,24 +643,22 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         Mma::run(scores[2 * pair + 1], query_fragments[step_d], b[2], b[3]);
       }
 
-    // ---- mask: the new tokens' causal edge and the ragged end (the last tile or two) ----
+    // ---- mask: the new tokens' causal edge and the ragged end (the last tile or two); applied to every
+    // tile as selects, without a branch (on the others it keeps every key) ----
     const std::int64_t first_key = tile * Traits::kTileRows + key_base;
-    if (first_key + kKeysPerWarp > first_masked_key) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const std::int64_t limit = row_limit[half] - first_key;
-        const int last_visible = limit < -1 ? -1 : (limit > kKeysPerWarp ? kKeysPerWarp : static_cast<int>(limit));
+    for (int half = 0; half < 2; ++half) {
+      const std::int64_t limit = row_limit[half] - first_key;
+      const int last_visible = limit < -1 ? -1 : (limit > kKeysPerWarp ? kKeysPerWarp : static_cast<int>(limit));
 #pragma unroll
-        for (int f = 0; f < kKeyFragments; ++f)
+      for (int f = 0; f < kKeyFragments; ++f)
 #pragma unroll
-          for (int c = 0; c < 2; ++c)
-            if (8 * f + 2 * group_column + c > last_visible) scores[f][2 * half + c] = negative_infinity;
-      }
+        for (int c = 0; c < 2; ++c)
+          if (8 * f + 2 * group_column + c > last_visible) scores[f][2 * half + c] = negative_infinity;
     }
 
     // ---- online softmax ----
     float rescale[2];
-    bool max_unchanged = true;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float tile_max = negative_infinity;
@@ -677,7 +670,6 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
       const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
       const float base = new_max == negative_infinity ? 0.0f : new_max;  // no -inf - -inf
       rescale[half] = vendor::fast_exp2(running_max[half] - base);
-      max_unchanged = max_unchanged && new_max == running_max[half];
       running_max[half] = new_max;
       float tile_sum = 0.0f;
 #pragma unroll
@@ -690,14 +682,13 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         }
       running_sum[half] = running_sum[half] * rescale[half] + tile_sum;
     }
-    if (!vendor::warp_all(max_unchanged)) {
+    // Always rescaled (by exactly 1 when the maximum stayed): no branch in the loop.
 #pragma unroll
-      for (int f = 0; f < kDimFragments; ++f) {
-        output[f][0] *= rescale[0];
-        output[f][1] *= rescale[0];
-        output[f][2] *= rescale[1];
-        output[f][3] *= rescale[1];
-      }
+    for (int f = 0; f < kDimFragments; ++f) {
+      output[f][0] *= rescale[0];
+      output[f][1] *= rescale[0];
+      output[f][2] *= rescale[1];
+      output[f][3] *= rescale[1];
     }
 
     // ---- output += P * V ----
@@ -718,6 +709,25 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         Mma::run(output[2 * pair + 1], a, b[2], b[3]);
       }
     }
+  };
+
+  const std::int64_t refill_steps = work.steps - (kStages - 1);  // steps whose buffer refill copies a tile
+  std::int64_t next_tile = kStages - 1 < work.steps ? work.tile(kStages - 1) : 0;
+  std::int64_t step = 0;
+  for (; step < refill_steps; ++step) {
+    vendor::wait_async_copies<kStages - 2>();       // tile `step` landed for this thread
+    __syncthreads();                                // ... for all; every warp is done with tile step - 1
+    const std::int64_t ahead = step + kStages - 1;  // refills the buffer of tile step - 1
+    load_tile(next_tile, static_cast<int>(ahead % kStages));
+    next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
+    vendor::commit_async_copies();
+    process_tile(step);
+  }
+  for (; step < work.steps; ++step) {
+    vendor::wait_async_copies<kStages - 2>();  // tile `step` landed for this thread
+    __syncthreads();                           // ... for all; every warp is done with tile step - 1
+    vendor::commit_async_copies();             // an empty group: the wait above counts one group per step
+    process_tile(step);
   }
   vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
   __syncthreads();                 // every warp is done with the tiles
