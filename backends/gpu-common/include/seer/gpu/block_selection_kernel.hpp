@@ -804,28 +804,30 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
   float* query_small = query_big + selection_row_capacity(item.rows_per_item) * stride;  // stride >= depth
   const int thread = static_cast<int>(threadIdx.x);
   const int warp = thread / 32, lane = thread % 32;
-  const int vectors = dim / 4;  // 16-byte vectors per feature row (dim is a multiple of 8)
+  const int g = lane / 4, t = lane % 4;
   const std::int64_t key_head = features.key_head_of(item.h);
   const bool two_tiles = item.rows > kTileRows;  // uniform: the second tile's products only when it has rows
-  // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows).
+  // Query rows, split into the fragment-ordered planes (zeros past dim and past the item's rows), one
+  // fragment slot (chunk, step) of a row tile per warp at a time: rows g and g + 8, two columns, stored as
+  // one 16-byte vector per plane and lane (whole 512-byte rows of the planes: no bank conflicts).
   const float* query = features.query + features.query_offset(item.b, item.h, item.m0);
-  const int depth_vectors = depth / 4;
-  for (int i = thread; i < (two_tiles ? 2 : 1) * kTileRows * depth_vectors; i += kGateThreads) {
-    const int row = i / depth_vectors, v = i % depth_vectors;
-    const float4 value = row < item.rows && v < vectors ? *reinterpret_cast<const float4*>(query + row * dim + 4 * v)
-                                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    const int u = row / kTileRows, r = row % kTileRows;
-    float* big = query_big + u * plane;
-    float* small = query_small + u * plane;
-    store_left_fragment(big, small, r, 4 * v, value.x);
-    store_left_fragment(big, small, r, 4 * v + 1, value.y);
-    store_left_fragment(big, small, r, 4 * v + 2, value.z);
-    store_left_fragment(big, small, r, 4 * v + 3, value.w);
+  const int slots = depth / 8;
+  for (int i = warp; i < (two_tiles ? 2 : 1) * slots; i += kWarps) {
+    const int u = i / slots, slot = i % slots;
+    const int column = left_fragment_column(slot, lane);
+    const int upper = kTileRows * u + g, lower = upper + 8;
+    const float2 zero = make_float2(0.0f, 0.0f);
+    // dim is a multiple of 8 and column even: a pair is wholly inside or past the row.
+    const float2 upper_pair =
+        column < dim && upper < item.rows ? *reinterpret_cast<const float2*>(query + upper * dim + column) : zero;
+    const float2 lower_pair =
+        column < dim && lower < item.rows ? *reinterpret_cast<const float2*>(query + lower * dim + column) : zero;
+    const float values[4] = {upper_pair.x, lower_pair.x, upper_pair.y, lower_pair.y};
+    store_left_fragment_slot(query_big + u * plane, query_small + u * plane, slot, lane, values);
   }
   __syncthreads();  // the query planes are complete
 
   const float* key_features = features.key + features.key_offset(item.b, key_head, 0);
-  const int g = lane / 4, t = lane % 4;
   // This lane's accumulator rows: g + 8 e (e = 0, 1 in tile 0; 2, 3 in tile 1).
   int visible[4];
   float* out[4];
@@ -903,8 +905,11 @@ __device__ inline void item_logits(const ItemLogits& item, int keys_per_tile, fl
           first = dots.total(0, 2 * half) + dots.total(1, 2 * half);
           second = dots.total(0, 2 * half + 1) + dots.total(1, 2 * half + 1);
         }
-        if (n < visible[e]) out[e][n] = first * features.scale;
-        if (n + 1 < visible[e]) out[e][n + 1] = second * features.scale;
+        if (n + 1 < visible[e]) {  // n is even and row strides are even: an aligned 8-byte store
+          *reinterpret_cast<float2*>(out[e] + n) = make_float2(first * features.scale, second * features.scale);
+        } else if (n < visible[e]) {
+          out[e][n] = first * features.scale;
+        }
       }
       dots = DotAccumulators<2, 1>();
     }

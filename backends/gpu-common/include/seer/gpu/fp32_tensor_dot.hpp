@@ -116,7 +116,7 @@ struct Fp32Rows {
 
 // The left operand: fetch(d) loads lane (g, t)'s share of the chunk at reduction offset d, fragments() gives
 // the A fragments of its two k8 steps. LeftRows reads rows g and g + 8 and interleaves them; LeftFragments
-// reads planes stored in fragment order (store_left_fragment), one 16-byte load per step and part, for a
+// reads planes stored in fragment order (store_left_fragment_slot), one 16-byte load per step and part, for a
 // left operand that every warp of a CTA reads (split once, and no register moves to assemble fragments).
 template <class Rows>
 struct LeftRows {
@@ -156,14 +156,21 @@ struct LeftFragments {
   }
 };
 
-// Stores left[row][column] (row < 16) split into the fragment-ordered planes LeftFragments reads: column
-// 16c + 4t + e of row g + 8u is register 2 (e % 2) + u of lane 4g + t in step e / 2 of chunk c.
-__device__ inline void store_left_fragment(float* big, float* small, int row, int column, float value) {
-  const int chunk = column / 16, t = (column % 16) / 4, e = column % 4;
-  const int at = ((chunk * 2 + e / 2) * 32 + (row % 8) * 4 + t) * 4 + 2 * (e % 2) + row / 8;
-  const SplitTf32 parts = split_tf32(value);
-  big[at] = __uint_as_float(parts.big);
-  small[at] = __uint_as_float(parts.small);
+// The planes LeftFragments reads, written one fragment slot at a time. Slot s = 2 c + step covers chunk c's
+// k8 step `step`; its lane (g, t) holds left[g][col], left[g + 8][col], left[g][col + 1], left[g + 8][col + 1]
+// with col = left_fragment_column(s, lane) = 16 c + 4 t + 2 step (the permutation LeftRows applies), split,
+// as one 16-byte vector per plane: a warp stores 512 contiguous bytes per plane.
+__device__ inline int left_fragment_column(int slot, int lane) {
+  return 16 * (slot / 2) + 4 * (lane % 4) + 2 * (slot % 2);
+}
+__device__ inline void store_left_fragment_slot(float* big, float* small, int slot, int lane,
+                                                const float (&values)[4]) {
+  SplitTf32 parts[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) parts[e] = split_tf32(values[e]);
+  reinterpret_cast<uint4*>(big)[slot * 32 + lane] = make_uint4(parts[0].big, parts[1].big, parts[2].big, parts[3].big);
+  reinterpret_cast<uint4*>(small)[slot * 32 + lane] =
+      make_uint4(parts[0].small, parts[1].small, parts[2].small, parts[3].small);
 }
 
 }  // namespace seer::gpu

@@ -179,10 +179,18 @@ struct PoolingSums {
       sum[e] = 0.0f;
     }
   }
+  // Keep: which statistics to update (kKeepMaximum | kKeepMinimum | kKeepSum); a pass that needs only the
+  // mean (a query pooled by Qavg) skips the other two.
+  static constexpr int kKeepMaximum = 1, kKeepMinimum = 2, kKeepSum = 4, kKeepAll = 7;
+  template <int Keep = kKeepAll>
   __device__ void add(int e, float x) {
-    maximum[e] = fmaxf(maximum[e], x);
-    minimum[e] = fminf(minimum[e], x);
-    sum[e] += x;
+    if constexpr ((Keep & kKeepMaximum) != 0) maximum[e] = fmaxf(maximum[e], x);
+    if constexpr ((Keep & kKeepMinimum) != 0) minimum[e] = fminf(minimum[e], x);
+    if constexpr ((Keep & kKeepSum) != 0) sum[e] += x;
+  }
+  // The statistic a BlockPooling value (0 max, 1 min, 2 mean) needs.
+  SEER_HOST_DEVICE static constexpr int keep_for(int pooling) {
+    return pooling == 0 ? kKeepMaximum : pooling == 1 ? kKeepMinimum : kKeepSum;
   }
 };
 
@@ -368,11 +376,15 @@ __device__ inline ProjectionTile projection_tile(const ProjectParams& params, in
   return tile;
 }
 
-// The projection kernels' epilogue: RoPE on the projected rows [rows][dim] (shared memory) of output head o,
+// Row stride (floats) of the projected rows the tensor-core projections leave in shared memory: dim + 8, so
+// that their float2 accumulator stores (8 rows x 4 lanes per instruction) fall on distinct banks.
+SEER_HOST_DEVICE constexpr int projected_row_stride(int dim) { return dim + 8; }
+
+// The projection kernels' epilogue: RoPE on the projected rows [rows][stride] (shared memory) of output head o,
 // written to the output. Thread (row offset, pair) rotates pair `pair` of rows offset, offset + rows_per_pass,
 // ... (one division per thread, not per element), 8 rows at a time with all their loads issued first: the
 // coefficient loads come from L2, and one at a time they left the loop waiting on each.
-__device__ inline void write_rotated_rows(const ProjectParams& params, const float* projected, int rows,
+__device__ inline void write_rotated_rows(const ProjectParams& params, const float* projected, int stride, int rows,
                                           std::int64_t first_block, std::int64_t b, std::int64_t o, int threads) {
   constexpr int kGroup = 8;
   const int dim = static_cast<int>(params.dim);
@@ -390,8 +402,8 @@ __device__ inline void write_rotated_rows(const ProjectParams& params, const flo
       const int row = first_row + u * rows_per_pass;
       if (row < rows) {
         coefficients[u] = params.rope_table.row(params.is_query, b, first_block + row)[pair];
-        first_value[u] = projected[row * dim + pair];
-        second_value[u] = projected[row * dim + pair + half];
+        first_value[u] = projected[row * stride + pair];
+        second_value[u] = projected[row * stride + pair + half];
       }
     }
 #pragma unroll
@@ -535,7 +547,7 @@ __global__ void __launch_bounds__(MaxFeatureDim, min_blocks_hint(MaxFeatureDim =
     __syncthreads();
   }
 
-  detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
+  detail::write_rotated_rows(params, projected, dim, rows, first_block, b, o, kThreads);
 }
 
 // RoPE alone (the identity projection: a gate without q projection fed pre-pooled features), at memory
@@ -610,7 +622,8 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
   constexpr int kStride = padded_row_stride(kDepth);  // 48 floats: = 16 mod 32, conflict-free fragment loads
   constexpr int kStages = kTensorProjectionStages;
   constexpr int kStageFloats = tensor_projection_stage_floats();
-  static_assert(kStages * kStageFloats >= kRows * Columns, "the projected rows fit in the stage buffers");
+  static_assert(kStages * kStageFloats >= kRows * detail::projected_row_stride(Columns),
+                "the projected rows fit the stages");
   extern __shared__ __align__(16) float stages[];
 
   const detail::ProjectionTile tile = detail::projection_tile(params, kRows);
@@ -704,23 +717,23 @@ __global__ void __launch_bounds__(256, 2) project_features_tensor_kernel(const P
     }
   }
 
-  __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows [kRows][dim]
+  __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows
   float* projected = stages;
+  const int stride = detail::projected_row_stride(dim);
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int column = 32 * column_quarter + 8 * j + 2 * t;
       if (column < dim) {
-        float* upper = projected + (32 * row_half + 16 * i + g) * dim + column;
-        upper[0] = dots.total(4 * i + j, 0);
-        upper[1] = dots.total(4 * i + j, 1);
-        upper[8 * dim] = dots.total(4 * i + j, 2);
-        upper[8 * dim + 1] = dots.total(4 * i + j, 3);
+        float* upper = projected + (32 * row_half + 16 * i + g) * stride + column;
+        *reinterpret_cast<float2*>(upper) = make_float2(dots.total(4 * i + j, 0), dots.total(4 * i + j, 1));
+        *reinterpret_cast<float2*>(upper + 8 * stride) =
+            make_float2(dots.total(4 * i + j, 2), dots.total(4 * i + j, 3));
       }
     }
   __syncthreads();
-  detail::write_rotated_rows(params, projected, rows, first_block, b, o, kThreads);
+  detail::write_rotated_rows(params, projected, stride, rows, first_block, b, o, kThreads);
 }
 #endif
 

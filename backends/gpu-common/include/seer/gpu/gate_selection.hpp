@@ -239,14 +239,31 @@ class GateSelectionPlan {
             " tokens give too many query blocks for int32 block offsets");
     require(max_key_blocks_ <= 2147483647, "k_max_length", k_max_length,
             " tokens give too many key blocks for int32 block indices");
-    row_stride_ = std::max<std::int64_t>(4, (max_key_blocks_ + 3) / 4 * 4);
-    const std::int64_t row_bytes = row_stride_ * static_cast<std::int64_t>(sizeof(float));
+    // Logit rows: a multiple of 4 floats (16-byte row loads). On NVIDIA, rows in shared memory are also
+    // = 8 (mod 32) floats apart, so that the tensor-core logit stores (8 rows x 4 lanes of float2 per
+    // instruction) fall on distinct banks (512 key blocks, 0 mod 32, put all 8 rows on the same banks: 8-way
+    // conflicts, ncu at 32k); rows in workspace slices stay 128-byte aligned.
+#if defined(__HIPCC__)
+    const std::int64_t workspace_row_stride = std::max<std::int64_t>(4, (max_key_blocks_ + 3) / 4 * 4);
+    row_stride_ = workspace_row_stride;
+#else
+    const std::int64_t workspace_row_stride = (std::max<std::int64_t>(1, max_key_blocks_) + 31) / 32 * 32;
+    row_stride_ = workspace_row_stride + 8;
+#endif
+    // The logit budget is counted in unpadded rows, so that the padding never costs a row (128k: 16 rows of
+    // 2048 key blocks; 15 padded rows measured 7% slower).
+    const std::int64_t row_bytes = workspace_row_stride * static_cast<std::int64_t>(sizeof(float));
     // Logits in shared memory when at least 4 rows fit (fewer rows per item would re-read the key
-    // features from L2 too often); otherwise 16 rows per item in per-CTA workspace slices (32 would double
-    // the slices past the L2's size at 128k: 1.79 -> 1.84 ms measured).
+    // features from L2 too often); otherwise 16 rows per item in per-CTA workspace slices (half the
+    // workspace of 32 rows, as fast at 128k: 1.843 vs 1.844 ms TopK measured).
     rows_per_item_ = std::min<std::int64_t>(kSelectionMaxRows, limits.logit_shared_bytes / row_bytes);
     logits_in_shared_ = rows_per_item_ >= 4;
-    if (!logits_in_shared_) rows_per_item_ = kSelectionWorkspaceRows;
+    auto use_workspace_logits = [&] {
+      logits_in_shared_ = false;
+      rows_per_item_ = kSelectionWorkspaceRows;
+      row_stride_ = workspace_row_stride;
+    };
+    if (!logits_in_shared_) use_workspace_logits();
 #if defined(__HIPCC__)
     key_tile_ = rows_per_item_ <= 8 && dim_ <= 128 ? 64 : 32;  // the FMA tiles: 16 x 32 or 8 x 64
 #endif  // NVIDIA has no key tiles: each warp streams its keys (key_tile_ is unused there)
@@ -262,10 +279,7 @@ class GateSelectionPlan {
     if (selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) key_tile_ = 32;
 #endif
     while (logits_in_shared_ && selection_shared_bytes_for(kRadixBins * 12) > limits.shared_bytes_per_block) {
-      if (--rows_per_item_ < 4) {
-        logits_in_shared_ = false;
-        rows_per_item_ = kSelectionWorkspaceRows;
-      }
+      if (--rows_per_item_ < 4) use_workspace_logits();
     }
     // More than 16 rows (two tensor-core row tiles per item) only while two CTAs still fit on a multiprocessor:
     // fewer key reads per row do not make up for half the occupancy.

@@ -5,13 +5,13 @@
 // weights are TF32 numbers).
 //
 // Grid (ceil(max_blocks / 64), output_heads, batch), one warpgroup (128 threads) per CTA: 64 blocks x 128
-// output columns, the input features consumed in chunks of 32, three chunks in flight by asynchronous
-// copies. Per chunk, the weights' 128 rows x 32 features (one 128-byte row each, 128-byte swizzle) are the
-// B operand, read by the tensor cores from shared memory; the input rows are the A operand, split into big
-// and small in registers (warp w: rows 16w .. 16w + 15, the mma.sync fragment layout). Inexact (fp32)
-// weights get their small parts in a second swizzled tile, written by a pass over the landed chunk (the
-// same byte positions as the big tile, so one layout serves both). The projected rows then go through the
-// stage buffers to the RoPE epilogue that project_features_tensor_kernel uses.
+// output columns, the input features consumed in chunks of 32, the next chunk's asynchronous copies in
+// flight while one multiplies. Per chunk, the weights' 128 rows x 32 features (one 128-byte row each, 128-byte swizzle)
+// are the B operand, read by the tensor cores from shared memory; the input rows are the A operand, split into big and
+// small in registers (warp w: rows 16w .. 16w + 15, the mma.sync fragment layout). Inexact (fp32) weights get their
+// small parts in a second swizzled tile, written by a pass over the landed chunk (the same byte positions as the big
+// tile, so one layout serves both). The projected rows then go through the stage buffers to the RoPE epilogue that
+// project_features_tensor_kernel uses.
 //
 // NVIDIA only; the instructions exist in sm_90a device code (elsewhere the kernel traps). DeviceLimits
 // says whether the device and the build have them (DeviceLimits::warpgroup_projection).
@@ -31,7 +31,10 @@ namespace seer::gpu {
 inline constexpr int kWarpgroupProjectionRows = 64;      // blocks per CTA: the wgmma M
 inline constexpr int kWarpgroupProjectionColumns = 128;  // output columns per CTA: the wgmma N (dims past dim: zero)
 inline constexpr int kWarpgroupProjectionDepth = 32;     // input features per chunk: one 128-byte swizzle row
-inline constexpr int kWarpgroupProjectionStages = 3;
+// Two stages (the next chunk's copies in flight while this one multiplies) keep a CTA at 51 KiB (67 with
+// inexact weights), so three CTAs share a multiprocessor: with one warpgroup each, the other CTAs' products
+// fill the tensor cores while one waits at its barrier. (Three stages and two CTAs: 32 us at 32k.)
+inline constexpr int kWarpgroupProjectionStages = 2;
 // Staged input rows are 36 floats apart (= 4 mod 32): the fragment loads of lanes (g, t), rows g and
 // columns t, fall on 32 distinct banks.
 inline constexpr int kWarpgroupProjectionInputStride = 36;
@@ -48,7 +51,7 @@ struct WarpgroupProjectionLayout {
 };
 
 template <bool ExactWeights>
-__global__ void __launch_bounds__(128) project_features_warpgroup_kernel(const ProjectParams params) {
+__global__ void __launch_bounds__(128, 3) project_features_warpgroup_kernel(const ProjectParams params) {
   vendor::wait_for_prior_grid();  // launched by launch_after_prior_grid
   using Layout = WarpgroupProjectionLayout;
   constexpr int kThreads = 128;
@@ -57,7 +60,8 @@ __global__ void __launch_bounds__(128) project_features_warpgroup_kernel(const P
   constexpr int kDepth = kWarpgroupProjectionDepth;
   constexpr int kStages = kWarpgroupProjectionStages;
   constexpr int kInputStride = kWarpgroupProjectionInputStride;
-  static_assert(kStages * Layout::kStageBytes >= kRows * kColumns * 4, "the projected rows fit in the stages");
+  static_assert(kStages * Layout::kStageBytes >= kRows * detail::projected_row_stride(kColumns) * 4,
+                "the projected rows fit in the stages");
 
   const detail::ProjectionTile tile = detail::projection_tile(params, kRows);
   if (tile.rows <= 0) return;
@@ -122,19 +126,15 @@ __global__ void __launch_bounds__(128) project_features_warpgroup_kernel(const P
   for (int i = 0; i < kColumns / 2; ++i) accumulator[i] = 0.0f;
 
   const int chunks = (width + kDepth - 1) / kDepth;
+  static_assert(kStages == 2, "one chunk in flight while one multiplies");
   load_chunk(0);
-  if (chunks > 1) load_chunk(1);
   for (int chunk = 0; chunk < chunks; ++chunk) {
-    if (chunk + 1 < chunks) {
-      vendor::wait_async_copies<1>();
-    } else {
-      vendor::wait_async_copies<0>();
-    }
-    hopper::fence_shared_for_async_proxy();  // this thread's copies are visible to the tensor cores...
-    // ... once every thread's are; and every warp's products of chunk - 1 completed (waited below), so the
-    // stage of chunk + 2 (that of chunk - 1) is free.
+    vendor::wait_async_copies<0>();          // this thread's copies of the chunk have landed...
+    hopper::fence_shared_for_async_proxy();  // ... and are visible to the tensor cores
+    // Every thread's copies too; and every warp's products of chunk - 1 completed (waited below), so its
+    // stage, which chunk + 1 takes, is free.
     __syncthreads();
-    if (chunk + 2 < chunks) load_chunk(chunk + 2);
+    if (chunk + 1 < chunks) load_chunk(chunk + 1);
     const int stage = chunk % kStages;
     unsigned char* const weights_big = stage_weights(stage);
     if constexpr (!ExactWeights) {
@@ -183,21 +183,20 @@ __global__ void __launch_bounds__(128) project_features_warpgroup_kernel(const P
     hopper::pin_registers(accumulator);
   }
 
-  __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows [kRows][dim]
+  __syncthreads();  // every chunk consumed: the stage buffers now hold the projected rows
   float* projected = reinterpret_cast<float*>(base);
+  const int stride = detail::projected_row_stride(dim);
 #pragma unroll
   for (int f = 0; f < kColumns / 8; ++f) {
     const int column = 8 * f + 2 * t;
     if (column < dim) {
-      float* upper = projected + (16 * warp + g) * dim + column;
-      upper[0] = accumulator[4 * f];
-      upper[1] = accumulator[4 * f + 1];
-      upper[8 * dim] = accumulator[4 * f + 2];
-      upper[8 * dim + 1] = accumulator[4 * f + 3];
+      float* upper = projected + (16 * warp + g) * stride + column;
+      *reinterpret_cast<float2*>(upper) = make_float2(accumulator[4 * f], accumulator[4 * f + 1]);
+      *reinterpret_cast<float2*>(upper + 8 * stride) = make_float2(accumulator[4 * f + 2], accumulator[4 * f + 3]);
     }
   }
   __syncthreads();
-  detail::write_rotated_rows(params, projected, tile.rows, tile.first_block, tile.b, tile.o, kThreads);
+  detail::write_rotated_rows(params, projected, stride, tile.rows, tile.first_block, tile.b, tile.o, kThreads);
 }
 
 }  // namespace seer::gpu

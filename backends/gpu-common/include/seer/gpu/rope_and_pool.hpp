@@ -95,10 +95,17 @@ void rope_and_pool(const DeviceRotaryEmbedding& model_rope, const DeviceLearnedG
   params.inverse_frequencies = model_rope.inverse_frequencies();
   params.attention_factor = model_rope.attention_factor();
   const dim3 grid(static_cast<unsigned>(max_blocks), static_cast<unsigned>(tensor.batch));
-  if (pooled != nullptr) {
-    rope_and_pool_kernel<T, true><<<grid, kRopePoolThreads, static_cast<std::size_t>(shared_bytes), stream>>>(params);
+  // The running statistics the pools need: the mean alone (Qavg queries) or all three.
+  using Sums = detail::PoolingSums;
+  int keep = 0;
+  for (int p = 0; p < params.pool_count; ++p) keep |= Sums::keep_for(params.pools[p]);
+  const auto shared = static_cast<std::size_t>(shared_bytes);
+  if (pooled == nullptr) {
+    rope_and_pool_kernel<T, 0><<<grid, kRopePoolThreads, shared, stream>>>(params);
+  } else if (keep == Sums::kKeepSum) {
+    rope_and_pool_kernel<T, Sums::kKeepSum><<<grid, kRopePoolThreads, shared, stream>>>(params);
   } else {
-    rope_and_pool_kernel<T, false><<<grid, kRopePoolThreads, static_cast<std::size_t>(shared_bytes), stream>>>(params);
+    rope_and_pool_kernel<T, Sums::kKeepAll><<<grid, kRopePoolThreads, shared, stream>>>(params);
   }
   vendor::check_last_launch(is_query ? "rope_and_pool_kernel launch (q)" : "rope_and_pool_kernel launch (k)");
 }

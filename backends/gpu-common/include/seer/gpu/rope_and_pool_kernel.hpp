@@ -2,12 +2,13 @@
 // gate's block pooling fused in: q and k are read once and written once, instead of the RoPE pass plus
 // a second read by pool_blocks_kernel.
 //
-// rope_and_pool_kernel<T, Pool> rotates a q or k tensor IN PLACE to its positions with the model's RoPE
+// rope_and_pool_kernel<T, Keep> rotates a q or k tensor IN PLACE to its positions with the model's RoPE
 // (seer::RotaryEmbedding's inverse frequencies, attention factor and rotate_half pairing; queries sit at
-// (k_len - q_len) + t, keys at t, as in the gate). With Pool it also writes the gate's poolings of the
-// PRE-RoPE vectors of every (sequence, head, block), [batch, heads, max_blocks, |pools| * D] in the
-// gate's pooling order: the layout of PooledBlockFeatures. Pool = false is the same pass without the
-// pooling, the engine's plain RoPE pass, so that what pooling adds can be measured.
+// (k_len - q_len) + t, keys at t, as in the gate). With Keep != 0 it also writes the gate's poolings of
+// the PRE-RoPE vectors of every (sequence, head, block), [batch, heads, max_blocks, |pools| * D] in the
+// gate's pooling order: the layout of PooledBlockFeatures; Keep names the running statistics the pools
+// need (detail::PoolingSums::kKeep*: the mean alone for Qavg queries). Keep = 0 is the same pass without
+// the pooling, the engine's plain RoPE pass, so that what pooling adds can be measured.
 //
 // One CTA per (block, sequence). It first fills the block's cos / sin table (tokens x D/2, in shared
 // memory: the angles do not depend on the head, so each is computed once for all heads), then warp w
@@ -48,8 +49,14 @@ inline std::int64_t rope_pool_shared_bytes(std::int64_t block_size, std::int64_t
 
 // Grid (max_blocks, batch), kRopePoolThreads threads. head_dim is 64 or 128 (the host checks), so a
 // token's chunks fill whole lanes groups of the warp and every lane has a slot.
-template <class T, bool Pool>
-__global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const RopePoolParams<T> params) {
+// Four CTAs per multiprocessor keep enough loads in flight for the memory rate: the mean-only pass (68
+// registers, three CTAs) measured 15% slower than the plain one (56), and as fast once capped at 64. The
+// three-statistics pass stays at three CTAs: capped at 64 registers it spills and is no faster (228 us per
+// 32k tensor either way, 198 without pooling).
+template <class T, int Keep>
+__global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums::kKeepAll ? 3 : 4)
+    rope_and_pool_kernel(const RopePoolParams<T> params) {
+  constexpr bool kPool = Keep != 0;
   extern __shared__ __align__(16) float rope_table[];
   constexpr int kWarps = kRopePoolThreads / vendor::warp_size;
   const std::int64_t block = blockIdx.x, b = blockIdx.y;
@@ -119,7 +126,7 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
           const std::uint32_t partner_bits = (e % 2 == 0) ? (other[e / 2] & 0xffffu) : (other[e / 2] >> 16);
           const float x = detail::DeviceElement<T>::to_float(bits);
           const float y = detail::DeviceElement<T>::to_float(partner_bits);
-          if (Pool) pooled.add(e, x);
+          if constexpr (kPool) pooled.template add<Keep>(e, x);
           // rotate_half: x_i -> x_i cos - x_{i+D/2} sin, x_{i+D/2} -> x_{i+D/2} cos + x_i sin.
           rotated[e] = second_half ? fmaf(x, cosine[e], y * sine[e]) : fmaf(x, cosine[e], -y * sine[e]);
         }
@@ -132,14 +139,17 @@ __global__ void __launch_bounds__(kRopePoolThreads) rope_and_pool_kernel(const R
       }
       pointer += kRopeLoadsInFlight * step;
     }
-    if (Pool) {
+    if constexpr (kPool) {
       // Slots differ in the lane bits at and above `chunks`: a butterfly over them combines all slots.
+      using Sums = detail::PoolingSums;
       for (int offset = chunks; offset < vendor::warp_size; offset *= 2) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          pooled.maximum[e] = fmaxf(pooled.maximum[e], vendor::shuffle_xor(pooled.maximum[e], offset));
-          pooled.minimum[e] = fminf(pooled.minimum[e], vendor::shuffle_xor(pooled.minimum[e], offset));
-          pooled.sum[e] += vendor::shuffle_xor(pooled.sum[e], offset);
+          if constexpr ((Keep & Sums::kKeepMaximum) != 0)
+            pooled.maximum[e] = fmaxf(pooled.maximum[e], vendor::shuffle_xor(pooled.maximum[e], offset));
+          if constexpr ((Keep & Sums::kKeepMinimum) != 0)
+            pooled.minimum[e] = fminf(pooled.minimum[e], vendor::shuffle_xor(pooled.minimum[e], offset));
+          if constexpr ((Keep & Sums::kKeepSum) != 0) pooled.sum[e] += vendor::shuffle_xor(pooled.sum[e], offset);
         }
       }
       if (slot == 0) {
