@@ -179,16 +179,14 @@ struct PoolingSums {
       sum[e] = 0.0f;
     }
   }
-  // Keep: which statistics to update (kKeepMaximum | kKeepMinimum | kKeepSum); a pass that needs only the
-  // mean (a query pooled by Qavg) skips the other two.
-  static constexpr int kKeepMaximum = 1, kKeepMinimum = 2, kKeepSum = 4, kKeepAll = 7;
-  template <int Keep = kKeepAll>
   __device__ void add(int e, float x) {
-    if constexpr ((Keep & kKeepMaximum) != 0) maximum[e] = fmaxf(maximum[e], x);
-    if constexpr ((Keep & kKeepMinimum) != 0) minimum[e] = fminf(minimum[e], x);
-    if constexpr ((Keep & kKeepSum) != 0) sum[e] += x;
+    maximum[e] = fmaxf(maximum[e], x);
+    minimum[e] = fminf(minimum[e], x);
+    sum[e] += x;
   }
-  // The statistic a BlockPooling value (0 max, 1 min, 2 mean) needs.
+  // Which statistics a pass keeps (rope_and_pool_kernel's Keep: the mean alone for Qavg queries), and the
+  // one a BlockPooling value (0 max, 1 min, 2 mean) needs.
+  static constexpr int kKeepMaximum = 1, kKeepMinimum = 2, kKeepSum = 4, kKeepAll = 7;
   SEER_HOST_DEVICE static constexpr int keep_for(int pooling) {
     return pooling == 0 ? kKeepMaximum : pooling == 1 ? kKeepMinimum : kKeepSum;
   }

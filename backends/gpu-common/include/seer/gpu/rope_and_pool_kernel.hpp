@@ -51,12 +51,14 @@ inline std::int64_t rope_pool_shared_bytes(std::int64_t block_size, std::int64_t
 // token's chunks fill whole lanes groups of the warp and every lane has a slot.
 // Four CTAs per multiprocessor keep enough loads in flight for the memory rate: the mean-only pass (68
 // registers, three CTAs) measured 15% slower than the plain one (56), and as fast once capped at 64. The
-// three-statistics pass stays at three CTAs: capped at 64 registers it spills and is no faster (228 us per
-// 32k tensor either way, 198 without pooling).
+// running maximum and minimum are kept as packed 16-bit pairs (exact: they are input values), so that the
+// three-statistics pass fits the same 64 registers (with fp32 statistics it took 80, three CTAs per SM, and
+// 228 us per 32k tensor against 198 without pooling).
 template <class T, int Keep>
-__global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums::kKeepAll ? 3 : 4)
-    rope_and_pool_kernel(const RopePoolParams<T> params) {
+__global__ void __launch_bounds__(kRopePoolThreads, 4) rope_and_pool_kernel(const RopePoolParams<T> params) {
   constexpr bool kPool = Keep != 0;
+  // Element e of a lane's 8 (word e / 2 holds elements e & ~1 and e | 1, the even one in the low half).
+  auto element_bits = [](std::uint32_t word, int e) { return e % 2 == 0 ? word & 0xffffu : word >> 16; };
   extern __shared__ __align__(16) float rope_table[];
   constexpr int kWarps = kRopePoolThreads / vendor::warp_size;
   const std::int64_t block = blockIdx.x, b = blockIdx.y;
@@ -93,7 +95,16 @@ __global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums:
   const std::int64_t step = slots * params.tensor.token_stride;
 
   for (std::int64_t h = warp; h < params.tensor.heads; h += kWarps) {
-    detail::PoolingSums pooled;
+    // This lane's 8 components: maximum and minimum as 4 packed pairs each, the sum in fp32.
+    using Element = vendor::element_traits<T>;
+    using Sums = detail::PoolingSums;
+    std::uint32_t maximum[4], minimum[4];
+    float sum[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+      maximum[w] = Element::kNegativeInfinityPair, minimum[w] = Element::kPositiveInfinityPair;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum[e] = 0.0f;
     T* pointer = params.tensor.vector(b, first + slot, h) + chunk * 8;
     // Uniform trip count across the warp (the shuffles need every lane); tokens past the block are
     // skipped. kRopeLoadsInFlight tokens' loads are issued before the first is used.
@@ -113,6 +124,11 @@ __global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums:
         for (int w = 0; w < 4; ++w)
           other[w] = static_cast<std::uint32_t>(vendor::broadcast(static_cast<int>(words[w]), partner));
         if (t >= count) continue;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          if constexpr ((Keep & Sums::kKeepMaximum) != 0) maximum[w] = Element::max_pair(maximum[w], words[w]);
+          if constexpr ((Keep & Sums::kKeepMinimum) != 0) minimum[w] = Element::min_pair(minimum[w], words[w]);
+        }
         // This lane's 8 angles of token t: two 16-byte reads each (pair0 is a multiple of 8).
         const float4* cosine_vectors = reinterpret_cast<const float4*>(cosines + t * half + pair0);
         const float4* sine_vectors = reinterpret_cast<const float4*>(sines + t * half + pair0);
@@ -122,11 +138,11 @@ __global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums:
         float rotated[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const std::uint32_t bits = (e % 2 == 0) ? (words[e / 2] & 0xffffu) : (words[e / 2] >> 16);
-          const std::uint32_t partner_bits = (e % 2 == 0) ? (other[e / 2] & 0xffffu) : (other[e / 2] >> 16);
+          const std::uint32_t bits = element_bits(words[e / 2], e);
+          const std::uint32_t partner_bits = element_bits(other[e / 2], e);
           const float x = detail::DeviceElement<T>::to_float(bits);
           const float y = detail::DeviceElement<T>::to_float(partner_bits);
-          if constexpr (kPool) pooled.template add<Keep>(e, x);
+          if constexpr ((Keep & Sums::kKeepSum) != 0) sum[e] += x;
           // rotate_half: x_i -> x_i cos - x_{i+D/2} sin, x_{i+D/2} -> x_{i+D/2} cos + x_i sin.
           rotated[e] = second_half ? fmaf(x, cosine[e], y * sine[e]) : fmaf(x, cosine[e], -y * sine[e]);
         }
@@ -141,15 +157,19 @@ __global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums:
     }
     if constexpr (kPool) {
       // Slots differ in the lane bits at and above `chunks`: a butterfly over them combines all slots.
-      using Sums = detail::PoolingSums;
       for (int offset = chunks; offset < vendor::warp_size; offset *= 2) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
+        for (int w = 0; w < 4; ++w) {
           if constexpr ((Keep & Sums::kKeepMaximum) != 0)
-            pooled.maximum[e] = fmaxf(pooled.maximum[e], vendor::shuffle_xor(pooled.maximum[e], offset));
+            maximum[w] = Element::max_pair(
+                maximum[w], static_cast<std::uint32_t>(vendor::shuffle_xor(static_cast<int>(maximum[w]), offset)));
           if constexpr ((Keep & Sums::kKeepMinimum) != 0)
-            pooled.minimum[e] = fminf(pooled.minimum[e], vendor::shuffle_xor(pooled.minimum[e], offset));
-          if constexpr ((Keep & Sums::kKeepSum) != 0) pooled.sum[e] += vendor::shuffle_xor(pooled.sum[e], offset);
+            minimum[w] = Element::min_pair(
+                minimum[w], static_cast<std::uint32_t>(vendor::shuffle_xor(static_cast<int>(minimum[w]), offset)));
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if constexpr ((Keep & Sums::kKeepSum) != 0) sum[e] += vendor::shuffle_xor(sum[e], offset);
         }
       }
       if (slot == 0) {
@@ -161,9 +181,9 @@ __global__ void __launch_bounds__(kRopePoolThreads, Keep == detail::PoolingSums:
           float value[8];
 #pragma unroll
           for (int e = 0; e < 8; ++e)
-            value[e] = pooling == 0   ? pooled.maximum[e]
-                       : pooling == 1 ? pooled.minimum[e]
-                                      : pooled.sum[e] * inverse_count;
+            value[e] = pooling == 0   ? detail::DeviceElement<T>::to_float(element_bits(maximum[e / 2], e))
+                       : pooling == 1 ? detail::DeviceElement<T>::to_float(element_bits(minimum[e / 2], e))
+                                      : sum[e] * inverse_count;
           float* at = out + p * dim + chunk * 8;
           *reinterpret_cast<float4*>(at) = make_float4(value[0], value[1], value[2], value[3]);
           *reinterpret_cast<float4*>(at + 4) = make_float4(value[4], value[5], value[6], value[7]);

@@ -216,18 +216,39 @@ struct element_traits {
 template <>
 struct element_traits<seer::bfloat16> {
   using device_type = __nv_bfloat16;
+  static constexpr std::uint32_t kNegativeInfinityPair = 0xff80ff80u, kPositiveInfinityPair = 0x7f807f80u;
   __device__ static std::uint32_t pack(float low, float high) {
     const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
     return *reinterpret_cast<const std::uint32_t*>(&pair);
+  }
+  // Lane-wise maximum / minimum of two packed pairs (one instruction each; a NaN loses to a number).
+  __device__ static std::uint32_t max_pair(std::uint32_t a, std::uint32_t b) {
+    const __nv_bfloat162 r =
+        __hmax2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const std::uint32_t*>(&r);
+  }
+  __device__ static std::uint32_t min_pair(std::uint32_t a, std::uint32_t b) {
+    const __nv_bfloat162 r =
+        __hmin2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const std::uint32_t*>(&r);
   }
 };
 
 template <>
 struct element_traits<seer::half> {
   using device_type = __half;
+  static constexpr std::uint32_t kNegativeInfinityPair = 0xfc00fc00u, kPositiveInfinityPair = 0x7c007c00u;
   __device__ static std::uint32_t pack(float low, float high) {
     const __half2 pair = __floats2half2_rn(low, high);
     return *reinterpret_cast<const std::uint32_t*>(&pair);
+  }
+  __device__ static std::uint32_t max_pair(std::uint32_t a, std::uint32_t b) {
+    const __half2 r = __hmax2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const std::uint32_t*>(&r);
+  }
+  __device__ static std::uint32_t min_pair(std::uint32_t a, std::uint32_t b) {
+    const __half2 r = __hmin2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const std::uint32_t*>(&r);
   }
 };
 

@@ -202,6 +202,23 @@ __device__ inline std::uint32_t bfloat16_bits(float value) {
 __device__ inline std::uint32_t half_bits(float value) {
   return __builtin_bit_cast(std::uint16_t, static_cast<_Float16>(value));
 }
+// Lane-wise maximum (Greater = true) or minimum of two packed 16-bit pairs, `to_float` widening one lane's
+// bits: each lane keeps one input's bits (exact), and a NaN loses to a number.
+template <bool Greater, class ToFloat>
+__device__ inline std::uint32_t extreme_pair(std::uint32_t a, std::uint32_t b, ToFloat to_float) {
+  std::uint32_t result = 0;
+  for (int shift = 0; shift < 32; shift += 16) {
+    const std::uint32_t a_bits = (a >> shift) & 0xffffu, b_bits = (b >> shift) & 0xffffu;
+    const float x = to_float(a_bits), y = to_float(b_bits);
+    const bool take_b = x != x || (Greater ? y > x : y < x);
+    result |= (take_b ? b_bits : a_bits) << shift;
+  }
+  return result;
+}
+__device__ inline float bfloat16_value(std::uint32_t bits) { return __uint_as_float(bits << 16); }
+__device__ inline float half_value(std::uint32_t bits) {
+  return static_cast<float>(__builtin_bit_cast(_Float16, static_cast<std::uint16_t>(bits)));
+}
 }  // namespace detail
 
 template <class T>
@@ -212,16 +229,30 @@ struct element_traits {
 template <>
 struct element_traits<seer::bfloat16> {
   using device_type = seer::bfloat16;  // the storage type is already the device layout (2 bytes)
+  static constexpr std::uint32_t kNegativeInfinityPair = 0xff80ff80u, kPositiveInfinityPair = 0x7f807f80u;
   __device__ static std::uint32_t pack(float low, float high) {
     return detail::bfloat16_bits(low) | (detail::bfloat16_bits(high) << 16);
+  }
+  __device__ static std::uint32_t max_pair(std::uint32_t a, std::uint32_t b) {
+    return detail::extreme_pair<true>(a, b, detail::bfloat16_value);
+  }
+  __device__ static std::uint32_t min_pair(std::uint32_t a, std::uint32_t b) {
+    return detail::extreme_pair<false>(a, b, detail::bfloat16_value);
   }
 };
 
 template <>
 struct element_traits<seer::half> {
   using device_type = _Float16;
+  static constexpr std::uint32_t kNegativeInfinityPair = 0xfc00fc00u, kPositiveInfinityPair = 0x7c007c00u;
   __device__ static std::uint32_t pack(float low, float high) {
     return detail::half_bits(low) | (detail::half_bits(high) << 16);
+  }
+  __device__ static std::uint32_t max_pair(std::uint32_t a, std::uint32_t b) {
+    return detail::extreme_pair<true>(a, b, detail::half_value);
+  }
+  __device__ static std::uint32_t min_pair(std::uint32_t a, std::uint32_t b) {
+    return detail::extreme_pair<false>(a, b, detail::half_value);
   }
 };
 
