@@ -170,8 +170,8 @@ def main():
     timer = Timer()
     results = []
 
-    # Clusters of the cluster-merge kernel the device runs at once (D 128, 16-row tiles): the automatic
-    # shape merges in clusters only when every cluster of the grid fits (batch 1: 8 clusters of 16 deep CTAs).
+    # Clusters of the cluster-merge kernel (a forced option, "cl") the device runs at once (D 128, 16-row tiles):
+    # a forced variant whose clusters do not all fit runs in waves (batch 1: 8 clusters of 16 deep CTAs).
     print(json.dumps({"probe": "cluster capacity", "deep x16": cluster_capacity(128, 1, 1, 16, error, len(error)),
                       "deep x8": cluster_capacity(128, 1, 1, 8, error, len(error)),
                       "shallow x7": cluster_capacity(128, 1, 0, 7, error, len(error)),

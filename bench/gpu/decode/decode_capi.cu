@@ -103,11 +103,7 @@ extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const voi
       if (forced_pipeline > 0) shape.deep_pipeline = forced_pipeline == 2;
       if (forced_order > 0) shape.contiguous_splits = forced_order == 2;
       if (forced_l2_policy > 0) shape.kv_evict_first = forced_l2_policy == 1;
-      if (forced_cluster > 0) {
-        shape.cluster_merge = forced_cluster == 2;
-      } else if (forced_splits > 0 || forced_pipeline > 0) {  // the automatic choice held for the automatic shape
-        shape.cluster_merge = false;
-      }
+      if (forced_cluster > 0) shape.cluster_merge = forced_cluster == 2;
       shape.one_cta_per_multiprocessor = one_cta != 0;
       seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
           views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,

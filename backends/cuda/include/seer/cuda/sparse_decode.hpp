@@ -125,7 +125,8 @@ void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
 
 // How many clusters of `splits` CTAs of the kernel for (head dim, row blocks, pipeline) the current device
 // runs at once (cudaOccupancyMaxActiveClusters; each cluster must fit on one GPC's multiprocessors, which
-// differ between chips), remembered per (device, kernel, splits): the automatic shape asks on every call.
+// differ between chips), remembered per (device, kernel, splits). A caller that forces the cluster merge
+// should ask first: clusters that do not all fit at once run in waves.
 template <class T>
 std::int64_t decode_cluster_capacity(std::int64_t head_dim, std::int64_t row_blocks, bool deep, std::int64_t splits) {
   if (splits < 2 || splits > gpu::kDecodeMaxClusterSplits) return 0;
@@ -197,12 +198,6 @@ std::int64_t decode_cluster_capacity(std::int64_t head_dim, std::int64_t row_blo
   return clusters;
 }
 
-// Row blocks (16-row MMA tiles) of the kernel that serves a launch shape (dispatch_decode_kernel's rule).
-inline std::int64_t decode_row_blocks(const gpu::DecodeLaunchShape& shape, std::int64_t max_query_tokens) {
-  const std::int64_t rows = shape.heads_per_cta * std::max<std::int64_t>(1, max_query_tokens);
-  return rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
-}
-
 // sparse_decode with a given launch shape (the tests force split counts through it).
 template <class T>
 void sparse_decode_with_shape(SequenceBatch<const T> q, KvCacheView<const T> cache, const DecodeBlockListView* blocks,
@@ -226,17 +221,11 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
   // Tiles a deep CTA holds in flight: its stages but one.
   const std::int64_t deep_tiles = q.head_dim == 64 ? gpu::DecodeTraits<T, 64, 1, true>::kStages - 1
                                                    : gpu::DecodeTraits<T, 128, 1, true>::kStages - 1;
-  gpu::DecodeLaunchShape shape =
-      gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
-                               device.resident_ctas, device.deep_pipeline_ctas, deep_tiles);
-  // Split rows of the deep kernel (small batches: one wave of CTAs, whose end the merge's round trips
-  // lengthen) merge in a cluster when every cluster of the grid runs at once.
-  if (shape.deep_pipeline && shape.splits > 1 && shape.splits <= gpu::kDecodeMaxClusterSplits) {
-    const std::int64_t clusters = q.batch * cache.heads * shape.head_chunks;
-    shape.cluster_merge =
-        decode_cluster_capacity<T>(q.head_dim, decode_row_blocks(shape, q.max_length), true, shape.splits) >= clusters;
-  }
-  return shape;
+  // The cluster merge (DecodeLaunchShape::cluster_merge) is not chosen here: where its clusters fit it measured
+  // the same as the workspace merge (H100, batch 1 / 32k, 8 deep splits), at 16 splits 8 clusters of 16 do not
+  // fit on that chip, and at batch 16 it was slower (bench/gpu/decode/NOTES.md, runs 7-8).
+  return gpu::decode_launch_shape(q.batch, q.heads, cache.heads, q.max_length, cache.max_length, blocks,
+                                  device.resident_ctas, device.deep_pipeline_ctas, deep_tiles);
 }
 
 }  // namespace detail

@@ -127,8 +127,10 @@ struct DecodeLaunchShape {
   // most kDecodeMaxClusterSplits splits): each CTA keeps its partial rows in shared memory and, after one
   // cluster barrier, the CTAs merge them by reading each other's shared memory, instead of writing fp32
   // partials to the workspace and counting arrivals with a fence and an atomic (three dependent L2 round
-  // trips before the last CTA can store the output). Chosen by the CUDA backend where every cluster of the
-  // grid fits on the device at once (it asks the occupancy API); ignored with one split.
+  // trips before the last CTA can store the output). Never automatic: on the H100 it measured the same as
+  // the workspace merge where its clusters fit (batch 1, 8 deep splits), slower at batch 16 (7-CTA clusters
+  // over several waves), and 8 clusters of 16 deep CTAs do not fit on that chip at once (a GPC with fewer
+  // than 16 multiprocessors). Ignored with one split or more than kDecodeMaxClusterSplits splits.
   bool cluster_merge = false;
   // A measurement knob, never automatic (NVIDIA): the kernel is launched with more shared memory than it
   // uses, so that one CTA fits per multiprocessor: half the K/V bytes in flight of the shallow kernel
