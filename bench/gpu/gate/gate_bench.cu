@@ -124,6 +124,9 @@ struct Row {
   // CUDA-graph replay: gate (from q, k / from pre-pooled features) + TopK as one graph, and the attention.
   double graph_gate_topk = 0, graph_pooled_topk = 0, graph_attention = 0, graph_attention_mma_sync = 0;
   double graph_pooled_bf16_topk = 0;  // the same gate with bf16 weights
+  // Event timing of the pre-pooled gate and the TopK selection called back to back (one timed run, as an
+  // engine calls them), with fp32 and bf16 gate weights.
+  double sequence_pooled_topk = 0, sequence_pooled_bf16_topk = 0;
   double best_graph_attention() const { return std::min(graph_attention, graph_attention_mma_sync); }
   double best_attention() const { return std::min(attention, attention_mma_sync); }
   // What fusing the pooling into the RoPE pass adds (against the faster of the two plain timings).
@@ -282,12 +285,28 @@ Row run_length(std::int64_t tokens, int repeats, const Threshold& threshold, con
     row.rope_plain_again = time_ms([&] { rope_pass(false); }, repeats, stream);
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }
-  // The same pipelines replayed from CUDA graphs (selection into the TopK buffers, so that the attention
-  // reads the same BlockSet).
+  // The pre-pooled gate and the TopK selection back to back: timed as one run, then replayed from CUDA graphs
+  // (selection into the TopK buffers, so that the attention reads the same BlockSet).
   const auto pooled_features = [&] {
     return cuda::gate_features_from_pooled(device_gate, plan, {pooled_query.data, pooled_key.data}, gate_sequences,
                                            workspace, stream);
   };
+  const auto pooled_features_bf16 = [&] {
+    return cuda::gate_features_from_pooled(device_gate_bf16, plan, {pooled_query.data, pooled_key.data}, gate_sequences,
+                                           workspace, stream);
+  };
+  row.sequence_pooled_topk = time_ms(
+      [&] {
+        cuda::select_blocks(plan, pooled_features(), gate_sequences, topk, forced, topk_storage.buffers(), workspace,
+                            stream);
+      },
+      repeats, stream);
+  row.sequence_pooled_bf16_topk = time_ms(
+      [&] {
+        cuda::select_blocks(plan, pooled_features_bf16(), gate_sequences, topk, forced, topk_storage.buffers(),
+                            workspace, stream);
+      },
+      repeats, stream);
   row.graph_pooled_topk = graph_time_ms(
       [&] {
         cuda::select_blocks(plan, pooled_features(), gate_sequences, topk, forced, topk_storage.buffers(), workspace,
@@ -296,10 +315,8 @@ Row run_length(std::int64_t tokens, int repeats, const Threshold& threshold, con
       repeats, stream);
   row.graph_pooled_bf16_topk = graph_time_ms(
       [&] {
-        const auto bf16_features = cuda::gate_features_from_pooled(
-            device_gate_bf16, plan, {pooled_query.data, pooled_key.data}, gate_sequences, workspace, stream);
-        cuda::select_blocks(plan, bf16_features, gate_sequences, topk, forced, topk_storage.buffers(), workspace,
-                            stream);
+        cuda::select_blocks(plan, pooled_features_bf16(), gate_sequences, topk, forced, topk_storage.buffers(),
+                            workspace, stream);
       },
       repeats, stream);
   row.graph_gate_topk = graph_time_ms(
@@ -372,15 +389,20 @@ int main(int argc, char** argv) {
              "Threshold "
           << threshold.tau << " select ms (density) | Nucleus " << nucleus.p
           << " select ms (density) | attention on TopK 0.1 ms: default / mma.sync kernel | (gate + TopK) / faster "
-             "attention | (pre-pooled gate + TopK) / faster attention |\n|---|---|---|---|---|---|---|---|---|\n";
+             "attention | (pre-pooled gate + TopK) / faster attention | pre-pooled gate + TopK called back to back ms: "
+             "fp32 / bf16 weights | the same / faster attention |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const Row& r : rows) {
       char line[512];
-      std::snprintf(
-          line, sizeof line,
-          "| %lld | %.3f | %.3f | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f / %.3f | %.1f%% | %.1f%% |\n",
-          static_cast<long long>(r.tokens), r.gate, r.gate_pooled, r.topk, r.topk_density, r.threshold,
-          r.threshold_density, r.nucleus, r.nucleus_density, r.attention, r.attention_mma_sync,
-          100.0 * (r.gate + r.topk) / r.best_attention(), 100.0 * (r.gate_pooled + r.topk) / r.best_attention());
+      std::snprintf(line, sizeof line,
+                    "| %lld | %.3f | %.3f | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.3f / %.3f | %.1f%% | %.1f%% | "
+                    "%.3f / %.3f "
+                    "| %.1f%% / %.1f%% |\n",
+                    static_cast<long long>(r.tokens), r.gate, r.gate_pooled, r.topk, r.topk_density, r.threshold,
+                    r.threshold_density, r.nucleus, r.nucleus_density, r.attention, r.attention_mma_sync,
+                    100.0 * (r.gate + r.topk) / r.best_attention(),
+                    100.0 * (r.gate_pooled + r.topk) / r.best_attention(), r.sequence_pooled_topk,
+                    r.sequence_pooled_bf16_topk, 100.0 * r.sequence_pooled_topk / r.best_attention(),
+                    100.0 * r.sequence_pooled_bf16_topk / r.best_attention());
       table << line;
     }
     table << "\nFused pooling (an engine that applies RoPE to q and k anyway, seer::cuda::rope_and_pool): "
@@ -405,16 +427,17 @@ int main(int argc, char** argv) {
           << "| tokens | gate (pool + project + RoPE) + TopK ms | pre-pooled gate + TopK ms (fp32 / bf16 weights) | "
              "attention ms: default / mma.sync kernel | (gate + TopK) / faster attention | (pre-pooled gate + TopK) / "
              "faster attention: fp32 / bf16 weights | (pre-pooled gate + TopK + fused pooling's extra) / faster "
-             "attention |\n|---|---|---|---|---|---|---|\n";
+             "attention: fp32 / bf16 weights |\n|---|---|---|---|---|---|---|\n";
     for (const Row& r : rows) {
       char line[512];
       std::snprintf(line, sizeof line,
-                    "| %lld | %.3f | %.3f / %.3f | %.3f / %.3f | %.1f%% | %.1f%% / %.1f%% | %.1f%% |\n",
+                    "| %lld | %.3f | %.3f / %.3f | %.3f / %.3f | %.1f%% | %.1f%% / %.1f%% | %.1f%% / %.1f%% |\n",
                     static_cast<long long>(r.tokens), r.graph_gate_topk, r.graph_pooled_topk, r.graph_pooled_bf16_topk,
                     r.graph_attention, r.graph_attention_mma_sync, 100.0 * r.graph_gate_topk / r.best_graph_attention(),
                     100.0 * r.graph_pooled_topk / r.best_graph_attention(),
                     100.0 * r.graph_pooled_bf16_topk / r.best_graph_attention(),
-                    100.0 * (r.graph_pooled_topk + r.fused_pooling()) / r.best_graph_attention());
+                    100.0 * (r.graph_pooled_topk + r.fused_pooling()) / r.best_graph_attention(),
+                    100.0 * (r.graph_pooled_bf16_topk + r.fused_pooling()) / r.best_graph_attention());
       table << line;
     }
     std::printf("\n%s", table.str().c_str());
