@@ -40,6 +40,7 @@
 
 #if !defined(__HIPCC__)
 #include "seer/gpu/prefill_kernel.hpp"
+#include "seer/gpu/prefill_kernel_hopper.hpp"
 #include "seer/gpu/tensor_core.hpp"
 #endif
 
@@ -394,6 +395,20 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   }
 }
 
+// Hopper (sm_90a, head dim 128): the warpgroup prefill kernel's forward, storing r from the row maxima its
+// online softmax computes anyway (detail::TileRowMaxima), so the ground truth costs little more than the
+// dense forward it extends. The mma.sync forward above serves the other head dims and GPUs.
+template <class T, int HeadDim>
+__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
+                                  WarpgroupPrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
+    warpgroup_ground_truth_forward_kernel(const GroundTruthParams<T> ground_truth) {
+  detail::TileRowMaxima row_maxima;
+  row_maxima.row_maxima = ground_truth.row_maxima;
+  row_maxima.key_tiles = ground_truth.key_tiles;
+  row_maxima.token_capacity = ground_truth.token_capacity;
+  row_maxima.softmax_scale = ground_truth.softmax_scale;
+  detail::warpgroup_forward<T, HeadDim>(ground_truth.attention, row_maxima);
+}
 #endif  // !__HIPCC__
 
 // ---- pooling kernels (portable) -------------------------------------------------------------------
