@@ -3,11 +3,13 @@
 # (seer_cuda_decode_tests, seer_cuda_decode_gate_tests, seer_bench_decode_capi), run both test suites,
 # the benchmark, a kernel profile (ncu, clocks left alone) and the tests under compute-sanitizer
 # (memcheck, racecheck). Logs under $OUT; a short summary last.
-#   bench/gpu/device_decode.sh [prebuilt|build] [test] [bench] [profile] [sanitize] [sanitize-gate] [sanitize-cases]
+#   bench/gpu/device_decode.sh [prebuilt|build] [test] [bench] [profile] [sanitize] [sanitize-gate] [sanitize-cases] [sass]
 #   (prebuilt: the decode tests, the decode gate tests and the bench library built here beforehand, carried in
 #   .carry/decode-build)
 #   (sanitize-cases: every test case of both suites in its own process under memcheck and under racecheck, plus
 #   both plain suites, SANITIZE_JOBS at a time within SANITIZE_SECONDS; counts summed at the end)
+#   (sass: the SASS of the deep D128 one-row-block kernel of the bench library and of each library in SASS_LIBRARIES,
+#   with its branches listed, in $OUT/sass.tgz)
 #   (default: build test bench sanitize sanitize-gate)
 # Expects Eigen and doctest (headers + CMake package files) under .carry/prefix when the machine has
 # none. A build folder carried from the development machine (build-decode) is reused when its binaries
@@ -155,6 +157,28 @@ PY
   echo "sanitize-cases: $((SECONDS - start)) s"
 }
 has sanitize-cases && sanitize_cases | tee "$OUT/sanitize_summary.txt"
+
+if has sass; then  # where the batch-1 kernel's code jumps: its branches with their targets and distances
+  mkdir -p "$OUT/sass"
+  for library in $LIBRARY ${SASS_LIBRARIES:-}; do
+    name=$(basename "$library" .so)
+    cuobjdump -sass -fun '_ZN4seer3gpu20sparse_decode_kernelINS_8bfloat16ELi128ELi1ELb1ELb0EEEvNS0_12DecodeParamsIT_EE' \
+      "$library" >"$OUT/sass/$name.sass" 2>&1 || echo "sass: cuobjdump failed on $library"
+    python3 - "$OUT/sass/$name.sass" <<'PY' | tee "$OUT/sass/$name.branches"
+import re, sys
+lines = [l for l in open(sys.argv[1]) if re.match(r"\s*/\*[0-9a-f]{4,}\*/", l)]
+at = lambda l: int(re.match(r"\s*/\*([0-9a-f]+)\*/", l).group(1), 16)
+print(sys.argv[1], "instructions", len(lines), "bytes", at(lines[-1]) + 16 if lines else 0)
+for l in lines:
+    m = re.search(r"\b(BRA|BRX|JMP|CALL\S*|RET\S*|EXIT|BAR\S*|LDGSTS\S*|LDGDEPBAR|DEPBAR\S*|WARPSYNC|BSSY|BSYNC)\b(.*?);", l)
+    if m:
+        target = re.search(r"0x([0-9a-f]+)", m.group(2))
+        jump = f" -> {int(target.group(1), 16):#x} ({int(target.group(1), 16) - at(l):+d} B)" if target and m.group(1) == "BRA" else ""
+        print(f"{at(l):#07x} {m.group(1)}{jump}")
+PY
+  done
+  tar -czf "$OUT/sass.tgz" -C "$OUT" sass && rm -rf "$OUT/sass"
+fi
 
 if has profile; then  # ncu, clocks left alone (--clock-control none)
   start=$SECONDS

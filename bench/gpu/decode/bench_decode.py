@@ -151,9 +151,16 @@ def main():
                              "[B, S, Hkv, D]), normal / ef (K/V lines in the L2 with the normal / evict-first policy; "
                              "default: the library's choice), cl / ws (split rows merged in a thread-block cluster / "
                              "through the workspace; default: the library's choice), 1cta (one CTA per multiprocessor: a "
-                             "shallow kernel launched with more shared memory than it uses); "
+                             "shallow kernel launched with more shared memory than it uses), lean (the deep kernel's "
+                             "lean version where it applies; opt-in); "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
                              "context, e.g. 1x32k@deep/contig/16)")
+    parser.add_argument("--compare-libraries", default="",
+                        help="other builds of the bench library (comma-separated paths), timed with the automatic "
+                             "kernel at density 0.1 on the same data, in --compare-rounds rounds that alternate with "
+                             "--library's (an A/B comparison of two versions of the code in one process)")
+    parser.add_argument("--compare-rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random kept blocks (default: random)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
                         help="SDPA backends timed (the fastest is the baseline)")
     parser.add_argument("--skip-dense", action="store_true", help="no seer-dense row")
@@ -163,9 +170,12 @@ def main():
     args = parser.parse_args()
 
     decode, workspace_query, cluster_capacity = load_library(args.library)
+    # ctypes loads each library with RTLD_LOCAL: every build keeps its own kernels and host code.
+    compared = [(os.path.basename(path), load_library(path)[0])
+                for path in filter(None, args.compare_libraries.split(","))]
     error = ctypes.create_string_buffer(1024)
     generator = torch.Generator(device="cuda")
-    generator.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    generator.manual_seed(args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little"))
     device = torch.cuda.get_device_name()
     timer = Timer()
     results = []
@@ -203,7 +213,7 @@ def main():
             policy = 2 if "normal" in options else (1 if "ef" in options else 0)
             cluster = 2 if "cl" in options else (1 if "ws" in options else 0)
             chosen.append((variant, (int(forced), pipelines[pipeline], orders[order], policy, "hm" in options,
-                                     cluster + (4 if "1cta" in options else 0))))
+                                     cluster + (4 if "1cta" in options else 0) + (8 if "lean" in options else 0))))
         return chosen
 
     variants_for = lambda batch, context: [v for _, v in parsed_variants(batch, context)]
@@ -235,19 +245,20 @@ def main():
                 return pool[:wanted]
 
             def seer_call(blocks, workspace, forced_splits=0, cache=None, pipeline=0, order=0, policy=0,
-                          head_major=False, cluster=0):
-                """cluster: 0 automatic, 1 workspace merge, 2 cluster merge; plus 4: one CTA per multiprocessor."""
+                          head_major=False, cluster=0, function=None):
+                """cluster: 0 automatic, 1 workspace merge, 2 cluster merge; plus 4: one CTA per multiprocessor; plus 8:
+                the lean deep kernel where it applies.
+                function: another library's decode entry point (default: --library's)."""
                 k, v = cache if cache is not None else (copies_for(0, True)[0] if head_major else (keys, values))
                 key_blocks, counts, capacity = blocks if blocks is not None else (None, None, 0)
                 stream = torch.cuda.current_stream().cuda_stream
-                status = decode(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), out.data_ptr(),
-                                lse.data_ptr(), batch, 1, Q_HEADS, KV_HEADS, DIM, context, context,
-                                key_blocks.data_ptr() if blocks is not None else None,
-                                counts.data_ptr() if blocks is not None else None, capacity,
-                                workspace.data_ptr() if workspace is not None else None,
-                                workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order,
-                                policy, cluster % 4, cluster // 4, 1 if head_major else 0, stream, error,
-                                len(error))
+                status = (function or decode)(
+                    q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), out.data_ptr(), lse.data_ptr(), batch,
+                    1, Q_HEADS, KV_HEADS, DIM, context, context, key_blocks.data_ptr() if blocks is not None else None,
+                    counts.data_ptr() if blocks is not None else None, capacity,
+                    workspace.data_ptr() if workspace is not None else None,
+                    workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order, policy,
+                    cluster % 4, cluster // 4, 1 if head_major else 0, stream, error, len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
@@ -352,6 +363,21 @@ def main():
                 difference = (out.float() - reference).abs().max().item() if density >= 1.0 else None
                 kept_bytes = 2 * kept * BLOCK * DIM * 2
                 record("seer-sparse", density, kept, time_seer(blocks, workspace, kept_bytes), difference)
+                if density == 0.1 and compared:
+                    main_out = out.clone()
+                    for name, function in compared:
+                        seer_call(blocks, workspace, function=function)
+                        torch.cuda.synchronize()
+                        print(json.dumps({"library": name, "max_abs_difference_vs_main": (
+                            out.float() - main_out.float()).abs().max().item()}), flush=True)
+                    for round_index in range(args.compare_rounds):
+                        for name, function in [(os.path.basename(args.library), None)] + compared:
+                            call = lambda f=function: seer_call(blocks, workspace, function=f)
+                            graph_calls = [lambda c=c, f=function: seer_call(blocks, workspace, cache=c, function=f)
+                                           for c in copies_for(kept_bytes)]
+                            times = {"ms": timer.flush(call), "clean_ms": timer.clean(call),
+                                     "graph_ms": timer.graph(graph_calls)}
+                            record(f"seer {name} r{round_index + 1}", density, kept, times, None)
                 if density == 0.1 and args.sweep_splits:
                     sweep = {}
                     for forced in [int(x) for x in args.sweep_splits.split(",")]:

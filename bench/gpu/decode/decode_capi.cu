@@ -78,8 +78,9 @@ extern "C" std::int64_t seer_bench_decode_workspace_bf16(std::int64_t batch, std
 // One decode call on `stream`. key_blocks == nullptr selects dense decoding; forced_splits > 0 replaces the
 // automatic split bound; forced_pipeline 1 / 2 the shallow / deep kernel, forced_order 1 / 2 interleaved /
 // contiguous splits, forced_l2_policy 1 / 2 evict-first / normal K/V lines, forced_cluster 1 / 2 split rows
-// merged through the workspace / in a thread-block cluster (0: automatic), one_cta != 0 one CTA per
-// multiprocessor (DecodeLaunchShape::one_cta_per_multiprocessor); head_major != 0: keys and values are
+// merged through the workspace / in a thread-block cluster (0: automatic), one_cta bit 0: one CTA per
+// multiprocessor (DecodeLaunchShape::one_cta_per_multiprocessor), bit 1: the lean deep kernel where it applies
+// (DecodeLaunchShape::lean_kernel); head_major != 0: keys and values are
 // [batch, kv_heads, capacity, head_dim]. Returns 0, or 1 with a message.
 extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const void* values, const std::int32_t* lengths,
                                       void* out, float* lse, std::int64_t batch, std::int64_t q_len,
@@ -104,7 +105,8 @@ extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const voi
       if (forced_order > 0) shape.contiguous_splits = forced_order == 2;
       if (forced_l2_policy > 0) shape.kv_evict_first = forced_l2_policy == 1;
       if (forced_cluster > 0) shape.cluster_merge = forced_cluster == 2;
-      shape.one_cta_per_multiprocessor = one_cta != 0;
+      shape.one_cta_per_multiprocessor = (one_cta & 1) != 0;
+      shape.lean_kernel = (one_cta & 2) != 0;
       seer::cuda::detail::sparse_decode_with_shape<seer::bfloat16>(
           views.q, views.cache, blocks, seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
           shape, static_cast<cudaStream_t>(stream));

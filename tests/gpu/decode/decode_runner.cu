@@ -100,10 +100,11 @@ std::int64_t run_decode_on_device(const HostDecodeCall<T>& call) {
   if (call.split_order != 0) shape.contiguous_splits = call.split_order == 2;
   if (call.cluster_merge != 0) shape.cluster_merge = call.cluster_merge == 2;
   shape.one_cta_per_multiprocessor = call.one_cta_per_multiprocessor;
+  shape.lean_kernel = call.lean_kernel;
   const std::int64_t workspace_bytes =
       gpu::decode_workspace_bytes_for(call.q.batch, call.q.heads, call.q.max_length, call.q.head_dim, shape.splits);
   const bool forced = call.forced_splits > 0 || call.pipeline != 0 || call.split_order != 0 ||
-                      call.cluster_merge != 0 || call.one_cta_per_multiprocessor;
+                      call.cluster_merge != 0 || call.one_cta_per_multiprocessor || call.lean_kernel;
   if (!forced && !call.amd_kernel)  // public query
     if (cuda::decode_workspace_bytes(device_q, device_cache, blocks) != workspace_bytes)
       throw Error("decode_workspace_bytes disagrees with the shape sparse_decode uses");

@@ -172,3 +172,41 @@ TEST_CASE("gpu decode: the workspace size follows the split bound") {
   CHECK(chunks.heads_per_cta == 8);
   CHECK(chunks.head_chunks == 2);
 }
+
+TEST_CASE("gpu decode: where the lean deep kernel applies") {
+  gpu::DecodeParams<bfloat16> params;
+  const Arguments arguments;  // contiguous cache of 256 tokens (4 tiles), block capacity 4
+  params.cache = arguments.cache;
+  params.blocks = arguments.blocks;
+  params.has_blocks = true;
+  params.deep_pipeline = true;
+  params.heads_per_cta = 4;
+  params.max_query_tokens = 1;
+  params.splits = 1;
+  const std::int64_t tiles = cuda::detail::deep_pipeline_tiles<bfloat16>(128);
+  CHECK(tiles == 5);
+  CHECK(cuda::detail::deep_pipeline_tiles<bfloat16>(64) == 7);
+  CHECK(gpu::decode_lean_kernel_applies(params, tiles));  // 4 tiles in one CTA
+  CHECK(!gpu::decode_lean_kernel_applies(params, 3));     // ... more than a 4-stage prologue copies
+  params.splits = 2;
+  CHECK(gpu::decode_lean_kernel_applies(params, 2));
+  params.blocks.capacity = 1000;  // the cache's 4 tiles still bound every row
+  CHECK(gpu::decode_lean_kernel_applies(params, 2));
+  params.has_blocks = false;  // dense: the cache's tiles
+  CHECK(gpu::decode_lean_kernel_applies(params, 2));
+  params.has_blocks = true;
+  params.heads_per_cta = 8;  // 8 rows: still the lower half of the tile
+  CHECK(gpu::decode_lean_kernel_applies(params, tiles));
+  params.max_query_tokens = 2;  // 16 rows
+  CHECK(!gpu::decode_lean_kernel_applies(params, tiles));
+  params.max_query_tokens = 1;
+  params.deep_pipeline = false;  // the shallow kernel has no lean version
+  CHECK(!gpu::decode_lean_kernel_applies(params, tiles));
+  params.deep_pipeline = true;
+  params.cluster_merge = true;
+  CHECK(!gpu::decode_lean_kernel_applies(params, tiles));
+  params.cluster_merge = false;
+  std::int32_t page_table[2] = {0, 1};
+  params.cache.page_table = page_table;  // paged caches take the general kernel
+  CHECK(!gpu::decode_lean_kernel_applies(params, tiles));
+}

@@ -48,6 +48,7 @@ struct Case {
   int split_order = 0;    // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
   int cluster_merge = 0;  // 0: automatic; 1: merge through the workspace; 2: in a thread-block cluster
   bool one_cta_per_multiprocessor = false;
+  bool lean_kernel = false;  // DecodeLaunchShape::lean_kernel: the deep kernel's lean version where it applies
 };
 
 std::string describe(const Case& c) {
@@ -71,7 +72,8 @@ std::string describe(const Case& c) {
           (c.cluster_merge == 1   ? ", workspace merge"
            : c.cluster_merge == 2 ? ", cluster merge"
                                   : "") +
-          (c.one_cta_per_multiprocessor ? ", one CTA per multiprocessor" : "");
+          (c.one_cta_per_multiprocessor ? ", one CTA per multiprocessor" : "") +
+          (c.lean_kernel ? ", lean kernel asked for" : "");
   return text;
 }
 
@@ -264,6 +266,7 @@ void check_case(const Case& c) {
   call.split_order = c.split_order;
   call.cluster_merge = c.cluster_merge;
   call.one_cta_per_multiprocessor = c.one_cta_per_multiprocessor;
+  call.lean_kernel = c.lean_kernel;
   const std::int64_t splits = decode_test::run_decode_on_device(call);
   INFO("split bound ", splits);
   if (c.forced_splits > 0) CHECK(splits == c.forced_splits);
@@ -406,6 +409,37 @@ void check_forced_splits(int pipeline) {
 TEST_CASE("gpu decode: forced split counts, shallow pipeline (both split orders)") { check_forced_splits(1); }
 
 TEST_CASE("gpu decode: forced split counts, deep pipeline (both split orders)") { check_forced_splits(2); }
+
+// The deep kernel's lean version, asked for (DecodeLaunchShape::lean_kernel) and run where
+// gpu::decode_lean_kernel_applies: one-token rows of GQA groups of 4 and 8 (at most 8 rows), contiguous caches
+// (token- and head-major), ragged lengths, dense and sparse calls with empty rows; 16 and 40 splits keep every
+// CTA's tiles (the cache's 47 at most: 3 or 2 per CTA) within the prologue's 5 (D 128) or 7 (D 64): the lean
+// kernel; 3 splits do not (16 tiles per CTA): the general deep kernel on the same rows.
+TEST_CASE("gpu decode: the lean deep kernel (one-token rows, every tile in the prologue) and the general one") {
+  for (const std::int64_t head_dim : {64, 128})
+    for (const std::int64_t group : {4, 8})
+      for (const std::int64_t splits : {3, 16, 40}) {
+        Case c;
+        c.q_lengths = {1, 1, 1};
+        c.lengths = {3000, 190, 64 * 20 + 17};
+        c.q_heads = 2 * group;
+        c.kv_heads = 2;
+        c.head_dim = head_dim;
+        c.density = 0.5;
+        c.empty_rows = true;
+        c.forced_splits = splits;
+        c.pipeline = 2;
+        c.split_order = splits == 16 ? 2 : 1;
+        c.lean_kernel = true;
+        check_both_types(c);
+        if (splits == 16) {
+          c.head_major = true;
+          c.density = -1.0;
+          c.empty_rows = false;
+          check_both_types(c);
+        }
+      }
+}
 
 namespace {
 

@@ -72,10 +72,10 @@ inline DecodeDevice decode_device() {
   return {2 * static_cast<std::int64_t>(multiprocessors), shared_bytes >= kDeepBytes ? multiprocessors : 0};
 }
 
-template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge>
+template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge, bool Lean = false>
 void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
   using Traits = gpu::DecodeTraits<T, HeadDim, RowBlocks, Deep>;
-  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep, ClusterMerge>;
+  auto* kernel = &gpu::sparse_decode_kernel<T, HeadDim, RowBlocks, Deep, ClusterMerge, Lean>;
   // More than half a multiprocessor's shared memory (228 KB on sm_90) keeps a second CTA off it.
   constexpr int kOneCtaBytes = 116 * 1024;
   const int shared_bytes =
@@ -113,6 +113,8 @@ void launch_decode(const gpu::DecodeParams<T>& params, cudaStream_t stream) {
   if (params.deep_pipeline) {
     if (params.cluster_merge) {
       launch_decode_kernel<T, HeadDim, RowBlocks, true, true>(params, stream);
+    } else if (RowBlocks == 1 && params.lean_kernel) {
+      launch_decode_kernel<T, HeadDim, 1, true, false, true>(params, stream);
     } else {
       launch_decode_kernel<T, HeadDim, RowBlocks, true, false>(params, stream);
     }
@@ -198,14 +200,23 @@ std::int64_t decode_cluster_capacity(std::int64_t head_dim, std::int64_t row_blo
   return clusters;
 }
 
-// sparse_decode with a given launch shape (the tests force split counts through it).
+// Tiles the deep kernel's prologue copies (its stages but one) at this head dim.
+template <class T>
+std::int64_t deep_pipeline_tiles(std::int64_t head_dim) {
+  return head_dim == 64 ? gpu::DecodeTraits<T, 64, 1, true>::kStages - 1
+                        : gpu::DecodeTraits<T, 128, 1, true>::kStages - 1;
+}
+
+// sparse_decode with a given launch shape (the tests force split counts through it). A deep shape that asks
+// for the lean kernel (DecodeLaunchShape::lean_kernel, opt-in) runs it wherever gpu::decode_lean_kernel_applies.
 template <class T>
 void sparse_decode_with_shape(SequenceBatch<const T> q, KvCacheView<const T> cache, const DecodeBlockListView* blocks,
                               const AttentionOptions& options, SequenceBatch<T> out, TensorView<float, 2> lse,
                               void* workspace, std::int64_t workspace_bytes, const gpu::DecodeLaunchShape& shape,
                               cudaStream_t stream) {
-  const gpu::DecodeParams<T> params =
+  gpu::DecodeParams<T> params =
       gpu::make_decode_params<T>(q, cache, blocks, options, out, lse, shape, workspace, workspace_bytes);
+  params.lean_kernel = shape.lean_kernel && gpu::decode_lean_kernel_applies(params, deep_pipeline_tiles<T>(q.head_dim));
   if (q.batch == 0) return;  // nothing to compute (and a 0-sized grid is an error)
   gpu::dispatch_decode_kernel(params, [&](auto head_dim, auto row_blocks) {
     launch_decode<T, decltype(head_dim)::value, decltype(row_blocks)::value>(params, stream);
@@ -218,9 +229,7 @@ gpu::DecodeLaunchShape automatic_decode_shape(const SequenceBatch<const T>& q, c
   require(cache.heads > 0 && q.heads % cache.heads == 0, "cache", "has ", cache.heads,
           " KV heads, which does not divide the ", q.heads, " query heads");
   const DecodeDevice device = decode_device();
-  // Tiles a deep CTA holds in flight: its stages but one.
-  const std::int64_t deep_tiles = q.head_dim == 64 ? gpu::DecodeTraits<T, 64, 1, true>::kStages - 1
-                                                   : gpu::DecodeTraits<T, 128, 1, true>::kStages - 1;
+  const std::int64_t deep_tiles = deep_pipeline_tiles<T>(q.head_dim);  // tiles a deep CTA holds in flight
   // The cluster merge (DecodeLaunchShape::cluster_merge) is not chosen here: where its clusters fit it measured
   // the same as the workspace merge (H100, batch 1 / 32k, 8 deep splits), at 16 splits 8 clusters of 16 do not
   // fit on that chip, and at batch 16 it was slower (bench/gpu/decode/NOTES.md, runs 7-8).

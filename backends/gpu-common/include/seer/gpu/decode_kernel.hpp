@@ -74,11 +74,17 @@ struct DecodeCtaWork {
   __device__ std::int64_t checked_tile(std::int64_t tile) const {
     return tile < 0 || tile >= key_tiles ? key_tiles : tile;
   }
-  __device__ std::int64_t row_head(std::int64_t row) const { return first_head + row / query_tokens; }
-  __device__ std::int64_t row_token(std::int64_t row) const { return row % query_tokens; }
+  // Rows (< kDecodeMaxRows) and query tokens (1 .. kDecodeMaxQueryTokens) divide in 32 bits: a 64-bit division
+  // is a branch between a 32-bit path and a long one.
+  __device__ std::int64_t row_head(std::int64_t row) const {
+    return first_head + static_cast<int>(row) / static_cast<int>(query_tokens);
+  }
+  __device__ std::int64_t row_token(std::int64_t row) const {
+    return static_cast<int>(row) % static_cast<int>(query_tokens);
+  }
   // Last key row `row` may see; padding rows (row >= rows) get the sequence's last token.
   __device__ std::int64_t row_limit(std::int64_t row) const {
-    return row < rows ? geometry.last_visible_key(row % query_tokens) : cached_tokens - 1;
+    return row < rows ? geometry.last_visible_key(row_token(row)) : cached_tokens - 1;
   }
 };
 
@@ -138,8 +144,9 @@ template <class T, int GuessedSteps>
 __device__ inline bool plan_decode_cta(const DecodeParams<T>& params, DecodeCtaWork& work,
                                        std::int32_t (&guessed)[GuessedSteps]) {
   work.sequence = blockIdx.z;
-  work.kv_head = blockIdx.y / params.head_chunks;
-  work.chunk = blockIdx.y % params.head_chunks;
+  const unsigned head_chunks = static_cast<unsigned>(params.head_chunks);  // <= 65535 (make_decode_params)
+  work.kv_head = blockIdx.y / head_chunks;
+  work.chunk = blockIdx.y % head_chunks;
   work.split = blockIdx.x;
   // Every load of the plan first, none depending on another: one memory round trip before the copies.
   const std::int64_t query_tokens = params.q.length(work.sequence);
@@ -226,12 +233,13 @@ __device__ inline float load_partial_lse(const float* address) {
 // Combines the partials of one row over its `splits` effective splits, 4 output dims (quad) per call:
 // out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m), with load_lse(s) the base-2 log-sum-exp and
 // load_output(s) the quad of split s. Splits are read kMergeBatch at a time, all loads of a batch issued
-// before their first use, always in split order (the result does not depend on which CTA finished last).
+// before their first use (one memory round trip per batch: 16, the deep kernel's splits at batch 1), always
+// in split order (the result does not depend on which CTA finished last).
 // Returns the normalised quad; `log2_sum_exp` receives the row's (-inf when it saw no key).
 template <class LoadLse, class LoadOutput>
 __device__ inline float4 combine_partials(std::int64_t splits, const LoadLse& load_lse, const LoadOutput& load_output,
                                           float& log2_sum_exp) {
-  constexpr int kMergeBatch = 8;
+  constexpr int kMergeBatch = 16;
   const float negative_infinity = -__int_as_float(0x7f800000);
   float peak = negative_infinity, sum = 0.0f, o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
   for (std::int64_t first = 0; first < splits; first += kMergeBatch) {
@@ -489,12 +497,19 @@ struct DecodeTraits {
 
 // ClusterMerge: launched with the grid's x extent (the splits) as its thread-block cluster; split rows
 // merge through distributed shared memory (decode_detail::merge_cluster_rows) instead of the workspace.
-template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge = false>
+// Lean (opt-in, DecodeLaunchShape::lean_kernel; NOT YET RUN ON A GPU): the deep kernel's batch-1 version,
+// launched only where decode_lean_kernel_applies (decode_params.hpp): at most 8 query rows (the tile loop
+// without its upper, padding half), a contiguous cache (one copy path), and every CTA's tiles copied by the
+// prologue (one tile loop, no refills). A lone CTA runs its code once and fetches it cold (after do_bench's L2
+// flush, from DRAM), and ptxas lays the general kernel out in its own order (H100 SASS: the batch-1 path jumps
+// 19-30 KB ahead three times, over code it never runs); the lean kernel holds only what such a CTA runs.
+template <class T, int HeadDim, int RowBlocks, bool Deep, bool ClusterMerge = false, bool Lean = false>
 __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kThreads,
                                   DecodeTraits<T, HeadDim, RowBlocks, Deep>::kCtasPerMultiprocessor)
     sparse_decode_kernel(const DecodeParams<T> params) {
   using Traits = DecodeTraits<T, HeadDim, RowBlocks, Deep>;
   using Mma = matrix_multiply_accumulate<T>;
+  static_assert(!Lean || (Deep && RowBlocks == 1 && !ClusterMerge), "the lean kernel is a deep one-row-block kernel");
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
   constexpr int kStages = Traits::kStages;
   constexpr int kKeysPerWarp = Traits::kKeysPerWarp;
@@ -523,24 +538,48 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         decode_detail::merge_cluster_rows<T, HeadDim>(params, work, cluster_partials);
     return;
   }
+  // The launch guarantees this (decode_lean_kernel_applies); were it broken, the loop would read buffers that
+  // no copy filled.
+  if constexpr (Lean) work.steps = work.steps < kStages - 1 ? work.steps : kStages - 1;
   const int thread = static_cast<int>(threadIdx.x);
 
-  // ---- Q: the group's rows, zeros for the padding rows ----
-  for (int index = thread; index < Traits::kQueryRows * kChunksPerRow; index += Traits::kThreads) {
+  // ---- Q: the group's rows, zeros for the padding rows. The sequence's first row is located once (each
+  // copy's memory clobber would reload a packed batch's offset for every row), in a fixed number of passes ----
+  static_assert(Traits::kQueryRows * kChunksPerRow % Traits::kThreads == 0, "Q copies must cover whole passes");
+  const T* const query_base = params.q.vector(work.sequence, 0, work.first_head);
+#pragma unroll
+  for (int pass = 0; pass < Traits::kQueryRows * kChunksPerRow / Traits::kThreads; ++pass) {
+    const int index = thread + pass * Traits::kThreads;
     const int row = index / kChunksPerRow, chunk = index % kChunksPerRow;
     const bool valid = row < work.rows;
-    const T* source =
-        valid ? params.q.vector(work.sequence, work.row_token(row), work.row_head(row)) + chunk * 8 : params.q.data;
+    const T* source = valid ? query_base + work.row_token(row) * params.q.token_stride +
+                                  (work.row_head(row) - work.first_head) * params.q.head_stride + chunk * 8
+                            : params.q.data;
     vendor::copy_async_16_bytes(shared_query + swizzled_offset<kChunksPerRow>(row, chunk), source, valid);
   }
 
   const KvCacheView<const T>& cache = params.cache;
   const std::uint64_t kv_policy = decode_detail::kv_copy_policy(params.kv_evict_first);
+  // The common tile: a contiguous cache and all 64 rows inside the sequence (no predicates, no page lookup).
+  auto load_full_tile = [&](std::int64_t tile, int stage) {
+    T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
+    const std::int64_t offset = work.sequence * cache.page_stride + tile * Traits::kTileRows * cache.token_stride +
+                                work.kv_head * cache.head_stride;  // KvCacheView::offset of a contiguous cache
+    const decode_detail::KvTileCopy copy{kv_policy};
+    detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, Traits::kTileRows, copy);
+    detail::load_tile_async<Traits>(keys + Traits::kTileElements, cache.values + offset, cache.token_stride,
+                                    Traits::kTileRows, copy);
+  };
   auto load_tile = [&](std::int64_t tile, int stage) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
     T* const values = keys + Traits::kTileElements;
     const std::int64_t first_key = tile * Traits::kTileRows;
     const std::int64_t valid_rows = work.cached_tokens - first_key;
+    // The common tile (a contiguous cache, 64 rows inside the sequence) without predicates or page lookup.
+    if (__builtin_expect(!cache.is_paged() && valid_rows >= Traits::kTileRows, 1)) {
+      load_full_tile(tile, stage);
+      return;
+    }
     if (params.tile_in_one_page) {  // one address per tile, rows token_stride apart
       const std::int64_t offset = valid_rows > 0 ? cache.offset(work.sequence, first_key, work.kv_head) : 0;
       const decode_detail::KvTileCopy copy{kv_policy};
@@ -578,10 +617,46 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) prologue_tiles[stage] = stage < work.steps ? work.tile(stage) : 0;
   }
+  if constexpr (Lean) {
+    // A contiguous cache (the launch's condition): one address per tile, the ragged end's rows predicated.
+    auto load_contiguous_tile = [&](std::int64_t tile, int stage) {
+      T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
+      const std::int64_t first_key = tile * Traits::kTileRows;
+      const std::int64_t valid_rows = work.cached_tokens - first_key;
+      const std::int64_t offset = valid_rows > 0 ? work.sequence * cache.page_stride + first_key * cache.token_stride +
+                                                       work.kv_head * cache.head_stride
+                                                 : 0;
+      const decode_detail::KvTileCopy copy{kv_policy};
+      detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows, copy);
+      detail::load_tile_async<Traits>(keys + Traits::kTileElements, cache.values + offset, cache.token_stride,
+                                      valid_rows, copy);
+    };
 #pragma unroll 1
-  for (int stage = 0; stage < kStages - 1; ++stage) {
-    if (stage < work.steps) load_tile(prologue_tiles[stage], stage);
-    vendor::commit_async_copies();
+    for (int stage = 0; stage < kStages - 1; ++stage) {
+      if (stage < work.steps) load_contiguous_tile(prologue_tiles[stage], stage);
+      vendor::commit_async_copies();
+    }
+  } else {
+    // Tiles ascend along a CTA's steps (unused stages hold tile 0): when the last is full, all are, and the
+    // prologue needs only the common-tile copy. (The hint puts the general loop after the kernel's return in
+    // the PTX; ptxas lays it out first, and the common path jumps over it: H100 SASS, run 9.)
+    std::int64_t last_prologue_tile = 0;
+#pragma unroll
+    for (int stage = 0; stage < kStages - 1; ++stage)
+      last_prologue_tile = prologue_tiles[stage] > last_prologue_tile ? prologue_tiles[stage] : last_prologue_tile;
+    if (__builtin_expect(!cache.is_paged() && (last_prologue_tile + 1) * Traits::kTileRows <= work.cached_tokens, 1)) {
+#pragma unroll 1
+      for (int stage = 0; stage < kStages - 1; ++stage) {
+        if (stage < work.steps) load_full_tile(prologue_tiles[stage], stage);
+        vendor::commit_async_copies();
+      }
+    } else {
+#pragma unroll 1
+      for (int stage = 0; stage < kStages - 1; ++stage) {
+        if (stage < work.steps) load_tile(prologue_tiles[stage], stage);
+        vendor::commit_async_copies();
+      }
+    }
   }
 
   const int lane = vendor::lane_index();
@@ -623,7 +698,12 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     load_matrix_x4(query_fragments[step_d], shared_query + swizzled_pair_offset<kChunksPerRow>(
                                                                query_ldm_row, lane_low_bits, step_d, query_ldm_chunk));
 
-  auto process_tile = [&](std::int64_t step) {
+  // A 16-row block holds query rows in its upper half (rows 8-15) only when the CTA has more than 8 rows: with
+  // one row block and at most 8 rows (one-token decode, GQA groups of up to 8 heads) the upper half is
+  // padding, and the tiles skip its mask and softmax (about a fifth of a tile's instructions; a lone CTA waits
+  // on its instruction chain): its probabilities are zeros, its rows are never stored.
+  auto process_tile = [&](std::int64_t step, auto upper_half) {
+    constexpr int kHalves = decltype(upper_half)::value ? 2 : 1;
     const std::int64_t tile = work.tile(step);
     const T* const keys = shared_tiles + static_cast<int>(step % kStages) * 2 * Traits::kTileElements;
     const T* const values = keys + Traits::kTileElements;
@@ -647,7 +727,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     // tile as selects, without a branch (on the others it keeps every key) ----
     const std::int64_t first_key = tile * Traits::kTileRows + key_base;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       const std::int64_t limit = row_limit[half] - first_key;
       const int last_visible = limit < -1 ? -1 : (limit > kKeysPerWarp ? kKeysPerWarp : static_cast<int>(limit));
 #pragma unroll
@@ -658,9 +738,9 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     }
 
     // ---- online softmax ----
-    float rescale[2];
+    float rescale[2] = {1.0f, 1.0f};
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       float tile_max = negative_infinity;
 #pragma unroll
       for (int f = 0; f < kKeyFragments; ++f)
@@ -682,13 +762,19 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         }
       running_sum[half] = running_sum[half] * rescale[half] + tile_sum;
     }
+    if constexpr (kHalves == 1) {
+#pragma unroll
+      for (int f = 0; f < kKeyFragments; ++f) scores[f][2] = scores[f][3] = 0.0f;
+    }
     // Always rescaled (by exactly 1 when the maximum stayed): no branch in the loop.
 #pragma unroll
     for (int f = 0; f < kDimFragments; ++f) {
       output[f][0] *= rescale[0];
       output[f][1] *= rescale[0];
-      output[f][2] *= rescale[1];
-      output[f][3] *= rescale[1];
+      if constexpr (kHalves == 2) {
+        output[f][2] *= rescale[1];
+        output[f][3] *= rescale[1];
+      }
     }
 
     // ---- output += P * V ----
@@ -711,23 +797,44 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     }
   };
 
-  const std::int64_t refill_steps = work.steps - (kStages - 1);  // steps whose buffer refill copies a tile
-  std::int64_t next_tile = kStages - 1 < work.steps ? work.tile(kStages - 1) : 0;
-  std::int64_t step = 0;
-  for (; step < refill_steps; ++step) {
-    vendor::wait_async_copies<kStages - 2>();       // tile `step` landed for this thread
-    __syncthreads();                                // ... for all; every warp is done with tile step - 1
-    const std::int64_t ahead = step + kStages - 1;  // refills the buffer of tile step - 1
-    load_tile(next_tile, static_cast<int>(ahead % kStages));
-    next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
-    vendor::commit_async_copies();
-    process_tile(step);
-  }
-  for (; step < work.steps; ++step) {
-    vendor::wait_async_copies<kStages - 2>();  // tile `step` landed for this thread
-    __syncthreads();                           // ... for all; every warp is done with tile step - 1
-    vendor::commit_async_copies();             // an empty group: the wait above counts one group per step
-    process_tile(step);
+  auto run_tiles = [&](auto upper_half) {
+    std::int64_t step = 0;
+    if constexpr (!Lean) {  // the lean kernel's tiles all come with the prologue
+      const std::int64_t refill_steps = work.steps - (kStages - 1);  // steps whose buffer refill copies a tile
+      // The hint puts this loop after the kernel's return in the deep kernel's PTX (its batch-1 CTAs, of up to
+      // kStages - 1 tiles, never enter it); ptxas still lays it out before the second loop, which they reach by
+      // a jump over it (H100 SASS, run 9).
+      if (__builtin_expect(refill_steps > 0, Deep ? 0 : 1)) {
+        std::int64_t next_tile = work.tile(kStages - 1);
+        for (; step < refill_steps; ++step) {
+          vendor::wait_async_copies<kStages - 2>();       // tile `step` landed for this thread
+          __syncthreads();                                // ... for all; every warp is done with tile step - 1
+          const std::int64_t ahead = step + kStages - 1;  // refills the buffer of tile step - 1
+          load_tile(next_tile, static_cast<int>(ahead % kStages));
+          next_tile = ahead + 1 < work.steps ? work.tile(ahead + 1) : 0;  // its latency hides behind this tile
+          vendor::commit_async_copies();
+          process_tile(step, upper_half);
+        }
+      }
+    }
+    for (; step < work.steps; ++step) {
+      vendor::wait_async_copies<kStages - 2>();  // tile `step` landed for this thread
+      __syncthreads();                           // ... for all; every warp is done with tile step - 1
+      vendor::commit_async_copies();             // an empty group: the wait above counts one group per step
+      process_tile(step, upper_half);
+    }
+  };
+  // Uniform over the CTA (the loops hold block-wide barriers).
+  if constexpr (Lean) {
+    run_tiles(std::false_type{});  // at most 8 rows (decode_lean_kernel_applies)
+  } else if constexpr (RowBlocks == 1) {
+    if (__builtin_expect(work.rows <= 8, 1)) {
+      run_tiles(std::false_type{});
+    } else {
+      run_tiles(std::true_type{});
+    }
+  } else {
+    run_tiles(std::true_type{});
   }
   vendor::wait_async_copies<0>();  // no copy may still target the buffers the staging reuses
   __syncthreads();                 // every warp is done with the tiles

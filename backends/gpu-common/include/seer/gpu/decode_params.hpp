@@ -69,6 +69,9 @@ struct DecodeParams {
   // distributed shared memory (NVIDIA sm_90; see DecodeLaunchShape::cluster_merge)
   bool cluster_merge = false;
   bool one_cta_per_multiprocessor = false;  // host-side: see DecodeLaunchShape
+  // host-side: launch the deep kernel's lean version (NVIDIA; DecodeLaunchShape::lean_kernel and
+  // decode_lean_kernel_applies)
+  bool lean_kernel = false;
   // A CTA takes a contiguous range of its row's tiles instead of every effective_splits-th one.
   bool contiguous_splits = false;
   // K/V copies ask the L2 to evict their lines first (NVIDIA; the AMD kernel ignores it): see
@@ -136,6 +139,10 @@ struct DecodeLaunchShape {
   // uses, so that one CTA fits per multiprocessor: half the K/V bytes in flight of the shallow kernel
   // (do_bench's flush leaves the L2 full of dirty lines, and each line a pending copy takes is written back).
   bool one_cta_per_multiprocessor = false;
+  // Opt-in, NOT YET MEASURED OR RUN ON A GPU (NVIDIA): a deep-pipeline call where decode_lean_kernel_applies
+  // runs the deep kernel's lean version (sparse_decode_kernel with Lean: only the code a batch-1 CTA runs; see
+  // seer/gpu/decode_kernel.hpp and bench/gpu/decode/NOTES.md, run 10). Never automatic until measured.
+  bool lean_kernel = false;
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per
@@ -206,6 +213,23 @@ inline DecodeLaunchShape decode_launch_shape(std::int64_t batch, std::int64_t q_
     }
   }
   return shape;
+}
+
+// Query rows of the lean deep kernel: the lower half of its 16-row tile (one-token decode with GQA groups of up to 8).
+inline constexpr std::int64_t kDecodeLeanMaxRows = 8;
+
+// Whether a deep-pipeline call may run the deep kernel's lean version (NVIDIA: sparse_decode_kernel with Lean):
+// no cluster merge, a contiguous cache, at most kDecodeLeanMaxRows query rows per CTA, and every CTA's tiles
+// within the `prologue_tiles` its prologue copies (no refill loop). The tile bound uses what the kernel clamps
+// to, not the caller's max_length: the block list's capacity (sparse) and the cache's capacity.
+template <class T>
+bool decode_lean_kernel_applies(const DecodeParams<T>& params, std::int64_t prologue_tiles) {
+  if (!params.deep_pipeline || params.cluster_merge || params.cache.is_paged()) return false;
+  if (params.heads_per_cta * params.max_query_tokens > kDecodeLeanMaxRows) return false;
+  std::int64_t tiles = (params.cache.capacity() + kDecodeTileKeys - 1) / kDecodeTileKeys;
+  if (params.has_blocks) tiles = std::min(tiles, std::max<std::int64_t>(0, params.blocks.capacity));
+  const std::int64_t splits = std::max<std::int64_t>(1, params.splits);
+  return (tiles + splits - 1) / splits <= prologue_tiles;
 }
 
 // Workspace bytes for a launch shape: fp32 partial outputs and log-sum-exps, then the completion
