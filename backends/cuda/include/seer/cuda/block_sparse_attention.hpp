@@ -31,6 +31,7 @@
 #include "seer/core/numeric_types.hpp"
 #include "seer/core/sequence_batch.hpp"
 #include "seer/core/tensor_view.hpp"
+#include "seer/cuda/warpgroup_kernels.hpp"
 #include "seer/gpu/prefill_arguments.hpp"
 #include "seer/gpu/prefill_kernel.hpp"
 #include "seer/gpu/prefill_kernel_hopper.hpp"
@@ -47,12 +48,6 @@ inline bool prefill_supports_head_dim(std::int64_t head_dim) { return gpu::prefi
 // does not exist is an InvalidArgument. Head dim 64 stays on mma.sync: the warpgroup kernel's
 // head-dim-64 instantiation failed the H100 tests (2026-11-23; cause not found yet), so it is not launched.
 enum class PrefillKernel { automatic, warpgroup, mma_sync };
-
-#if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
-inline constexpr bool kWarpgroupKernelsBuilt = true;
-#else
-inline constexpr bool kWarpgroupKernelsBuilt = false;
-#endif
 
 namespace detail {
 
@@ -81,9 +76,7 @@ std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64
 }
 
 inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
-  const bool available = kWarpgroupKernelsBuilt && head_dim == 128 &&
-                         current_device_attribute(cudaDevAttrComputeCapabilityMajor,
-                                                  "cudaDeviceGetAttribute(ComputeCapabilityMajor)") == 9;
+  const bool available = head_dim == 128 && warpgroup_kernels_available();
   if (kernel == PrefillKernel::warpgroup)
     require(available, "kernel",
             "the warpgroup prefill kernel needs a Hopper GPU, head dim 128 and a build with sm_90a "

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "seer/cuda/warpgroup_kernels.hpp"
 #include "seer/gpu/gate_selection.hpp"
 #include "seer/gpu/rope_and_pool.hpp"
 #include "seer/gpu/vendor.hpp"
@@ -61,12 +62,7 @@ inline DeviceLimits device_limits() {
   limits.logit_shared_bytes = 128 * 1024;
   limits.shared_bytes_per_block = shared_bytes;
   limits.warp_size = warp_size;
-#if defined(SEER_CUDA_WARPGROUP_KERNELS) && SEER_CUDA_WARPGROUP_KERNELS
-  int major = 0;
-  gpu::vendor::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-                     "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
-  limits.warpgroup_projection = major == 9;  // wgmma: sm_90a code, run on a Hopper GPU
-#endif
+  limits.warpgroup_projection = warpgroup_kernels_available();
   return limits;
 }
 
