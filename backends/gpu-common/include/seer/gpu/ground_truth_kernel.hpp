@@ -40,6 +40,7 @@
 
 #if !defined(__HIPCC__)
 #include "seer/gpu/prefill_kernel.hpp"
+#include "seer/gpu/prefill_kernel_hopper.hpp"
 #include "seer/gpu/tensor_core.hpp"
 #endif
 
@@ -394,6 +395,20 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   }
 }
 
+// Hopper (sm_90a, head dim 128): the warpgroup prefill kernel's forward, storing r from the row maxima its
+// online softmax computes anyway (detail::TileRowMaxima), so the ground truth costs little more than the
+// dense forward it extends. The mma.sync forward above serves the other head dims and GPUs.
+template <class T, int HeadDim>
+__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
+                                  WarpgroupPrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
+    warpgroup_ground_truth_forward_kernel(const GroundTruthParams<T> ground_truth) {
+  detail::TileRowMaxima row_maxima;
+  row_maxima.row_maxima = ground_truth.row_maxima;
+  row_maxima.key_tiles = ground_truth.key_tiles;
+  row_maxima.token_capacity = ground_truth.token_capacity;
+  row_maxima.softmax_scale = ground_truth.softmax_scale;
+  detail::warpgroup_forward<T, HeadDim>(ground_truth.attention, row_maxima);
+}
 #endif  // !__HIPCC__
 
 // ---- pooling kernels (portable) -------------------------------------------------------------------
@@ -500,21 +515,46 @@ __global__ void __launch_bounds__(kGroundTruthPoolingThreads)
   const std::int64_t token = params.q.start(sequence) + t;
   const std::int64_t count = t < q_len ? ground_truth_detail::complete_blocks_before(blocks, t) : 0;
 
-  // max over the group's heads and block n's tiles of p = exp(r - LSE). Every tile of a complete block
-  // before the token's own block was visited by the forward.
-  auto pooled = [&](std::int64_t n) {
-    float best = negative_infinity;
+  // max over the group's heads and block n's tiles of p = exp(r - LSE), for the kBatch blocks
+  // n = first + u * kColumns (u < kBatch; those past `count` give 0). Every tile of a complete block before
+  // the token's own block was visited by the forward. The kBatch loads of a head and tile are issued
+  // together: one load at a time per thread left this memory-bound pass at ~1 TB/s.
+  constexpr int kBatch = kChunk / kColumns;
+  auto pooled = [&](std::int64_t first, float(&p)[kBatch]) {
+    if (first >= count) {  // none of the blocks (and a token past the sequence: no LSE to read)
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) p[u] = 0.0f;
+      return;
+    }
+    float best[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) best[u] = negative_infinity;
     for (std::int64_t h = kv_head * params.group; h < (kv_head + 1) * params.group; ++h) {
       const float lse = params.lse[h * params.lse_head_stride + token * params.lse_token_stride];
       const float* const maxima = ground_truth.row_maxima + h * ground_truth.key_tiles * ground_truth.token_capacity;
-      for (std::int64_t key_tile = n * tiles_per_block; key_tile < (n + 1) * tiles_per_block; ++key_tile)
-        best = fmaxf(best, maxima[key_tile * ground_truth.token_capacity + token] - lse);
+      for (std::int64_t tile = 0; tile < tiles_per_block; ++tile) {
+        float r[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const std::int64_t n = first + u * kColumns;
+          r[u] = n < count ? maxima[(n * tiles_per_block + tile) * ground_truth.token_capacity + token]
+                           : negative_infinity;
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) best[u] = fmaxf(best[u], r[u] - lse);
+      }
     }
-    return expf(best);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) p[u] = first + u * kColumns < count ? expf(best[u]) : 0.0f;
   };
 
   float partial = 0.0f;
-  for (std::int64_t n = column; n < count; n += kColumns) partial += pooled(n);
+  for (std::int64_t first = column; first < count; first += kChunk) {
+    float p[kBatch];
+    pooled(first, p);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) partial += p[u];  // n order, as one block at a time
+  }
   __shared__ float row_sums[kColumns][kGroundTruthTile];
   __shared__ float staged[kChunk][kGroundTruthTile + 1];  // +1: the row-wise reads hit distinct banks
   row_sums[column][local] = partial;
@@ -530,9 +570,11 @@ __global__ void __launch_bounds__(kGroundTruthPoolingThreads)
   const std::int64_t rows_here = ground_truth.target_rows - query_tile * kGroundTruthTile;
   const int rows = rows_here < kGroundTruthTile ? static_cast<int>(rows_here) : kGroundTruthTile;
   for (std::int64_t first = 0; first < ground_truth.target_columns; first += kChunk) {
-    for (int c = column; c < kChunk; c += kColumns) {
-      const std::int64_t n = first + c;
-      staged[c][local] = n < count ? pooled(n) * inverse : 0.0f;
+    {
+      float p[kBatch];
+      pooled(first + column, p);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) staged[column + u * kColumns][local] = p[u] * inverse;
     }
     __syncthreads();
     const int width =

@@ -83,10 +83,26 @@ __device__ inline void load_panel_tile_async(unsigned char* shared_tile, const T
 
 }  // namespace detail
 
-template <class T, int HeadDim>
-__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
-                                  WarpgroupPrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
-    warpgroup_prefill_kernel(const PrefillParams<T> params) {
+namespace detail {
+
+// What the forward stores besides O and the LSE. A prefill: nothing.
+struct NoTileRowMaxima {
+  static constexpr bool kStores = false;
+};
+// The ground-truth forward (seer/gpu/ground_truth_kernel.hpp): for every query row and 64-key tile it
+// visits, r = softmax_scale * (the row's largest visible q . k in the tile), -inf when none is visible, at
+// row_maxima[(head * key_tiles + tile) * token_capacity + token].
+struct TileRowMaxima {
+  static constexpr bool kStores = true;
+  float* row_maxima = nullptr;
+  std::int64_t key_tiles = 0;
+  std::int64_t token_capacity = 0;
+  float softmax_scale = 0.0f;
+};
+
+// The warpgroup forward of one CTA (see the kernels below); RowMaxima says what it stores besides O and LSE.
+template <class T, int HeadDim, class RowMaxima>
+__device__ __forceinline__ void warpgroup_forward(const PrefillParams<T>& params, const RowMaxima& row_maxima) {
   using Traits = WarpgroupPrefillTraits<T, HeadDim>;
   constexpr int kChunksPerRow = Traits::kChunksPerRow;
   constexpr int kStages = Traits::kStages;
@@ -138,6 +154,14 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
   const std::int64_t first_query = query_tile * Traits::kTileRows;
   const std::int64_t query_rows = tiles.q_len - first_query;  // valid rows of the tile; may exceed 64
   const std::int64_t key_length = tiles.k_len;
+  // The head's r of this tile's first row (RowMaxima::kStores only).
+  float* tile_maxima = nullptr;
+  if constexpr (RowMaxima::kStores)
+    tile_maxima = row_maxima.row_maxima +
+                  static_cast<std::int64_t>(head) * row_maxima.key_tiles * row_maxima.token_capacity +
+                  params.q.start(sequence) + first_query;
+  else
+    static_cast<void>(row_maxima);
 
   auto load_key_tile = [&](std::int64_t key_tile, int stage) {
     const std::int64_t first_key = key_tile * Traits::kTileRows;
@@ -246,6 +270,11 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
         tile_max = fmaxf(tile_max, fmaxf(scores[4 * f + 2 * half], scores[4 * f + 2 * half + 1]));
       tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 1));
       tile_max = fmaxf(tile_max, vendor::shuffle_xor(tile_max, 2));
+      if constexpr (RowMaxima::kStores) {
+        const int row = warp_row + group_row + 8 * half;
+        if (group_column == 0 && row < query_rows)
+          tile_maxima[key_tile * row_maxima.token_capacity + row] = tile_max * row_maxima.softmax_scale;
+      }
       const float new_max = fmaxf(running_max[half], tile_max * params.scale_log2);
       const float base = new_max == negative_infinity ? 0.0f : new_max;  // all masked so far: stay at 0
       rescale[half] = vendor::fast_exp2(running_max[half] - base);
@@ -351,6 +380,15 @@ __global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
         params.lse[head * params.lse_head_stride + (first_token + row) * params.lse_token_stride] = log_sum_exp[half];
     }
   }
+}
+
+}  // namespace detail
+
+template <class T, int HeadDim>
+__global__ void __launch_bounds__(WarpgroupPrefillTraits<T, HeadDim>::kThreads,
+                                  WarpgroupPrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
+    warpgroup_prefill_kernel(const PrefillParams<T> params) {
+  detail::warpgroup_forward<T, HeadDim>(params, detail::NoTileRowMaxima{});
 }
 
 }  // namespace seer::gpu
