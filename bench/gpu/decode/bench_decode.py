@@ -152,7 +152,7 @@ def main():
                              "default: the library's choice), cl / ws (split rows merged in a thread-block cluster / "
                              "through the workspace; default: the library's choice), 1cta (one CTA per multiprocessor: a "
                              "shallow kernel launched with more shared memory than it uses), lean (the deep kernel's "
-                             "lean version where it applies; opt-in); "
+                             "lean version where it applies; a variant without it runs the general deep kernel, the automatic row the lean one); "
                              "a variant may name the configuration it is for: B@... (batch) or BxC@... (batch and "
                              "context, e.g. 1x32k@deep/contig/16)")
     parser.add_argument("--compare-libraries", default="",

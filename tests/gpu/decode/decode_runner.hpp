@@ -40,7 +40,7 @@ struct HostDecodeCall {
   int split_order = 0;             // 0: automatic; 1: interleaved splits; 2: contiguous split ranges
   int cluster_merge = 0;           // 0: automatic; 1: merge through the workspace; 2: in a thread-block cluster
   bool one_cta_per_multiprocessor = false;  // DecodeLaunchShape's measurement knob
-  bool lean_kernel = false;                 // DecodeLaunchShape::lean_kernel (opt-in)
+  bool lean_kernel = false;  // DecodeLaunchShape::lean_kernel; a forced shape without it runs the general deep kernel
 };
 
 // How many clusters of `splits` CTAs of the cluster-merge kernel the device runs at once (0: none).

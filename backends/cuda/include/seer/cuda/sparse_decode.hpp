@@ -84,8 +84,10 @@ void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t strea
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
   if constexpr (!ClusterMerge) {
-    kernel<<<grid, Traits::kThreads, shared_bytes, stream>>>(params);
-    gpu::vendor::check_last_launch("sparse_decode_kernel launch");
+    // Programmatic dependent launch on sm_90+: the launch overlaps the end of the kernel before this one
+    // (the gate's selection, a cache append, or the previous step's decode in a captured graph).
+    gpu::vendor::launch_after_prior_grid("sparse_decode_kernel launch", kernel, grid, dim3(Traits::kThreads),
+                                         static_cast<std::size_t>(shared_bytes), stream, params);
   } else {
     // One cluster per (sequence, KV head, head chunk): the grid's x extent, its splits (at most 16; more
     // than 8 is a non-portable cluster size, which sm_90 allows once the kernel asks for it).
@@ -208,7 +210,7 @@ std::int64_t deep_pipeline_tiles(std::int64_t head_dim) {
 }
 
 // sparse_decode with a given launch shape (the tests force split counts through it). A deep shape that asks
-// for the lean kernel (DecodeLaunchShape::lean_kernel, opt-in) runs it wherever gpu::decode_lean_kernel_applies.
+// for the lean kernel (DecodeLaunchShape::lean_kernel, the default) runs it wherever gpu::decode_lean_kernel_applies.
 template <class T>
 void sparse_decode_with_shape(SequenceBatch<const T> q, KvCacheView<const T> cache, const DecodeBlockListView* blocks,
                               const AttentionOptions& options, SequenceBatch<T> out, TensorView<float, 2> lse,

@@ -497,7 +497,7 @@ struct DecodeTraits {
 
 // ClusterMerge: launched with the grid's x extent (the splits) as its thread-block cluster; split rows
 // merge through distributed shared memory (decode_detail::merge_cluster_rows) instead of the workspace.
-// Lean (opt-in, DecodeLaunchShape::lean_kernel; NOT YET RUN ON A GPU): the deep kernel's batch-1 version,
+// Lean (DecodeLaunchShape::lean_kernel, the default on NVIDIA; H100 NOTES run 10): the deep kernel's batch-1 version,
 // launched only where decode_lean_kernel_applies (decode_params.hpp): at most 8 query rows (the tile loop
 // without its upper, padding half), a contiguous cache (one copy path), and every CTA's tiles copied by the
 // prologue (one tile loop, no refills). A lone CTA runs its code once and fetches it cold (after do_bench's L2
@@ -527,6 +527,13 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
         reinterpret_cast<float*>(decode_shared_bytes + Traits::kQueryBytes + Traits::kClusterPartialsOffset);
     cluster_partials.lses = cluster_partials.outputs + Traits::kQueryRows * HeadDim;
   }
+
+  // Launched after the kernel before it in the stream (vendor::launch_after_prior_grid; sparse_decode.hpp): the
+  // CTAs become resident while that kernel drains, and touch no memory (queries, cache, block lists, the split
+  // counters the previous call put back) until it has finished. The next kernel may then launch at once: every
+  // CTA of this grid is resident by the time all of them have allowed it, and it waits for this grid likewise.
+  vendor::wait_for_prior_grid();
+  vendor::allow_dependent_launch();
 
   decode_detail::DecodeCtaWork work;
   std::int32_t guessed_tiles[kStages - 1];  // the prologue's kept indices, if the row uses every split

@@ -139,10 +139,12 @@ struct DecodeLaunchShape {
   // uses, so that one CTA fits per multiprocessor: half the K/V bytes in flight of the shallow kernel
   // (do_bench's flush leaves the L2 full of dirty lines, and each line a pending copy takes is written back).
   bool one_cta_per_multiprocessor = false;
-  // Opt-in, NOT YET MEASURED OR RUN ON A GPU (NVIDIA): a deep-pipeline call where decode_lean_kernel_applies
-  // runs the deep kernel's lean version (sparse_decode_kernel with Lean: only the code a batch-1 CTA runs; see
-  // seer/gpu/decode_kernel.hpp and bench/gpu/decode/NOTES.md, run 10). Never automatic until measured.
-  bool lean_kernel = false;
+  // NVIDIA: a deep-pipeline call where decode_lean_kernel_applies runs the deep kernel's lean version
+  // (sparse_decode_kernel with Lean: only the code a batch-1 CTA runs, so that a CTA whose code was evicted
+  // does not wait on instruction fetches for jumps over paths it never takes; see seer/gpu/decode_kernel.hpp).
+  // H100, batch 1 / 32k / density 0.1 (bench/gpu/decode/NOTES.md, run 10): 16.8 -> 16.0 us under do_bench,
+  // 18.5 -> 15.7 with a clean L2, 11.7 -> 11.4 in a replayed graph. false keeps the general deep kernel.
+  bool lean_kernel = true;
 };
 
 // `resident_ctas`: how many decode CTAs the device runs at once (multiprocessors x CTAs per

@@ -284,6 +284,14 @@ __device__ inline void wait_for_prior_grid() {
 #endif
 }
 
+// Lets the next kernel of the stream, if launched by launch_after_prior_grid, start its launch now (its CTAs
+// take free multiprocessors and wait in wait_for_prior_grid) instead of when this grid has finished.
+__device__ inline void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Waits until at most `Pending` committed groups are still in flight.
 template <int Pending>
 __device__ inline void wait_async_copies() {

@@ -129,6 +129,7 @@ void launch_after_prior_grid(const char* what, void (*kernel)(Params...), dim3 g
   check_last_launch(what);
 }
 __device__ inline void wait_for_prior_grid() {}
+__device__ inline void allow_dependent_launch() {}
 
 // ---- Warp-level primitives --------------------------------------------------------------------------
 
