@@ -59,11 +59,12 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--densities", default="1.0,0.5,0.2,0.1")
+    parser.add_argument("--head-dim", type=int, default=128)
     args = parser.parse_args()
 
     seer = load_library(args.library)
     error = ctypes.create_string_buffer(1024)
-    batch, heads, dim = 1, 32, 128
+    batch, heads, dim = 1, 32, args.head_dim
     generator = torch.Generator(device="cuda")
     generator.manual_seed(int.from_bytes(os.urandom(4), "little"))
     device = torch.cuda.get_device_name()
@@ -142,7 +143,7 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"Measured {stamp} on {device} (torch {torch.__version__}, CUDA {torch.version.cuda}, "
               f"triton {triton.__version__}, cuDNN {torch.backends.cudnn.version()}); command: "
-              f"`bench/gpu/device_run.sh bench` (python3 bench/gpu/bench_prefill.py). B=1, H=32, D=128, bf16, "
+              f"`bench/gpu/device_run.sh bench` (python3 bench/gpu/bench_prefill.py). B=1, H=32, D={dim}, bf16, "
               f"causal, 64x64 blocks; times are do_bench medians.")
     lines = [header, "",
              "| tokens | density (actual) | seer ms | FA2 ms | cuDNN ms | speedup vs FA2 | vs cuDNN | "

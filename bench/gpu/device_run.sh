@@ -69,7 +69,7 @@ if has sanitize; then
 fi
 
 if has bench; then
-  PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so \
+  PYTHONUNBUFFERED=1 timeout 500 python3 bench/gpu/bench_prefill.py --library $BUILD/bench/gpu/libseer_bench_prefill_capi.so ${BENCH_ARGS:-} \
     --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
 if has example; then

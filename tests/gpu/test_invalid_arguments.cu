@@ -5,12 +5,12 @@
 #define SEER_TEST_NAME "gpu prefill"
 #include "invalid_arguments_cases.hpp"
 
-// The kernel choice is CUDA-only: forcing the warpgroup kernel where it does not exist (head dim 64
+// The kernel choice is CUDA-only: forcing the warpgroup kernel where it does not exist (head dim 256
 // here, on any device) names the argument instead of launching a kernel that is not there.
-TEST_CASE("gpu prefill validation: forcing the warpgroup kernel for head dim 64 names the kernel argument") {
+TEST_CASE("gpu prefill validation: forcing the warpgroup kernel for head dim 256 names the kernel argument") {
   alignas(16) static bfloat16 stand_in[64];
-  const auto view = TensorView<const bfloat16, 4>{stand_in, {1, 64, 2, 64}, {64 * 2 * 64, 2 * 64, 64, 1}};
-  const auto out_view = TensorView<bfloat16, 4>{stand_in, {1, 64, 2, 64}, {64 * 2 * 64, 2 * 64, 64, 1}};
+  const auto view = TensorView<const bfloat16, 4>{stand_in, {1, 64, 2, 256}, {64 * 2 * 256, 2 * 256, 256, 1}};
+  const auto out_view = TensorView<bfloat16, 4>{stand_in, {1, 64, 2, 256}, {64 * 2 * 256, 2 * 256, 256, 1}};
   std::string argument = "(accepted)";
   try {
     cuda::block_sparse_attention<bfloat16>(padded_batch(view, "q"), padded_batch(view, "k"), padded_batch(view, "v"),

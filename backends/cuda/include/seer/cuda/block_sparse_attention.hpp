@@ -42,11 +42,10 @@ namespace seer::cuda {
 inline bool prefill_supports_head_dim(std::int64_t head_dim) { return gpu::prefill_supports_head_dim(head_dim); }
 
 // Which kernel computes the prefill. `automatic` takes the warpgroup (wgmma) kernel where it exists
-// (Hopper GPU, head dim 128, and a build with sm_90a device code: SEER_CUDA_WARPGROUP_KERNELS,
+// (Hopper GPU, head dim 64 or 128, and a build with sm_90a device code: SEER_CUDA_WARPGROUP_KERNELS,
 // which seer's CMake target defines when CMAKE_CUDA_ARCHITECTURES lists 90a) and the mma.sync
 // kernel elsewhere. The other two force one (benchmarks, comparisons); forcing `warpgroup` where it
-// does not exist is an InvalidArgument. Head dim 64 stays on mma.sync: the warpgroup kernel's
-// head-dim-64 instantiation failed the H100 tests (2026-11-23; cause not found yet), so it is not launched.
+// does not exist is an InvalidArgument. The warpgroup kernel exists for head dims 64 and 128.
 enum class PrefillKernel { automatic, warpgroup, mma_sync };
 
 namespace detail {
@@ -76,10 +75,10 @@ std::int64_t prefill_head_groups(const gpu::PrefillParams<T>& params, std::int64
 }
 
 inline bool use_warpgroup_kernel(PrefillKernel kernel, std::int64_t head_dim) {
-  const bool available = head_dim == 128 && warpgroup_kernels_available();
+  const bool available = gpu::warpgroup_prefill_supports_head_dim(head_dim) && warpgroup_kernels_available();
   if (kernel == PrefillKernel::warpgroup)
     require(available, "kernel",
-            "the warpgroup prefill kernel needs a Hopper GPU, head dim 128 and a build with sm_90a "
+            "the warpgroup prefill kernel needs a Hopper GPU, head dim 64 or 128 and a build with sm_90a "
             "(SEER_CUDA_WARPGROUP_KERNELS)");
   return kernel != PrefillKernel::mma_sync && available;
 }
@@ -103,7 +102,7 @@ void launch_prefill_kernel(Kernel* kernel, int threads, int shared_bytes, const 
 
 template <class T, int HeadDim>
 void launch_prefill(const gpu::PrefillParams<T>& params, bool warpgroup, cudaStream_t stream) {
-  if constexpr (HeadDim == 128) {
+  if constexpr (gpu::warpgroup_prefill_supports_head_dim(HeadDim)) {
     if (warpgroup) {
       using Traits = gpu::WarpgroupPrefillTraits<T, HeadDim>;
       launch_prefill_kernel(&gpu::warpgroup_prefill_kernel<T, HeadDim>, Traits::kThreads, Traits::kSharedBytes, params,

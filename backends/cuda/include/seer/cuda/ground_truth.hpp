@@ -42,13 +42,13 @@ std::size_t ground_truth_workspace_bytes(const SequenceBatch<Q>& q, const Sequen
 
 namespace detail {
 
-// The forward: the warpgroup kernel's where the prefill would take it (Hopper, head dim 128, sm_90a code),
+// The forward: the warpgroup kernel's where the prefill would take it (Hopper, head dim 64 or 128, sm_90a code),
 // else the mma.sync one; both with the prefill kernel's grid and L2 head grouping.
 template <class T>
 void launch_ground_truth_forward(const gpu::GroundTruthParams<T>& params, cudaStream_t stream) {
   gpu::dispatch_prefill_head_dim(params.attention.q.head_dim, [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
-    if constexpr (kHeadDim == 128) {
+    if constexpr (gpu::warpgroup_prefill_supports_head_dim(kHeadDim)) {
       if (use_warpgroup_kernel(PrefillKernel::automatic, kHeadDim)) {
         using Traits = gpu::WarpgroupPrefillTraits<T, kHeadDim>;
         launch_prefill_kernel(&gpu::warpgroup_ground_truth_forward_kernel<T, kHeadDim>, Traits::kThreads,

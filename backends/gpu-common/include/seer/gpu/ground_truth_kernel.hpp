@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   }
 }
 
-// Hopper (sm_90a, head dim 128): the warpgroup prefill kernel's forward, storing r from the row maxima its
+// Hopper (sm_90a, head dim 64 or 128): the warpgroup prefill kernel's forward, storing r from the row maxima its
 // online softmax computes anyway (detail::TileRowMaxima), so the ground truth costs little more than the
 // dense forward it extends. The mma.sync forward above serves the other head dims and GPUs.
 template <class T, int HeadDim>

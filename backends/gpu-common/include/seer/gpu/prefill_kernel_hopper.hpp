@@ -31,9 +31,12 @@
 
 namespace seer::gpu {
 
+// The head dims the warpgroup kernel is written for (the host's kernel choice asks this).
+constexpr bool warpgroup_prefill_supports_head_dim(std::int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
 template <class T, int HeadDim>
 struct WarpgroupPrefillTraits {
-  static constexpr bool kSupported = HeadDim == 64 || HeadDim == 128;
+  static constexpr bool kSupported = warpgroup_prefill_supports_head_dim(HeadDim);
   static_assert(kSupported, "the warpgroup prefill kernel is written for head dims 64 and 128");
   static constexpr int kTileRows = 64;               // query rows per CTA = keys per tile
   static constexpr int kThreads = 128;               // one warpgroup
@@ -208,8 +211,12 @@ __device__ __forceinline__ void warpgroup_forward(const PrefillParams<T>& params
     hopper::fence_shared_for_async_proxy();    // ... and is visible to the tensor cores
     __syncthreads();                           // for every thread's copies; the stage refilled below is free
 
-    if (step == 0) {
-      // Q fragments (A operand, mma.sync layout): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15).
+    // Q fragments (A operand, mma.sync layout): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), read from the Q tile,
+    // which stays in shared memory until the epilogue. Head dim 64 reads them again for every key tile: held in
+    // registers across the loop, its results were wrong from the second key tile on (H100, 2026-11-23: every
+    // second-tile product off, first tiles exact; reloading fixes it at 4 ldmatrix per warp and tile). Head dim 128
+    // keeps them (passes every test; its loop is register-bound).
+    if (HeadDim == 64 || step == 0) {
       const int row = warp_row + (lane % 8) + 8 * ((lane / 8) % 2);
 #pragma unroll
       for (int step_d = 0; step_d < kDimSteps; ++step_d)
