@@ -70,6 +70,7 @@ struct ZipRecord {
   std::string name;
   std::vector<std::uint8_t> data;
   std::uint16_t method = 0;
+  std::uint64_t claimed_size = 0;  // the central directory's uncompressed size; 0: data.size()
 };
 
 // zip64: the central directory stores sizes and offsets as 0xffffffff with a ZIP64 extra field, and
@@ -99,8 +100,9 @@ std::vector<std::uint8_t> make_zip(const std::vector<ZipRecord>& records, bool z
     put(directory, record.method, 2);
     put(directory, 0, 4);
     put(directory, crc, 4);
+    const std::uint64_t size = record.claimed_size != 0 ? record.claimed_size : record.data.size();
     put(directory, zip64 ? 0xffffffffu : record.data.size(), 4);
-    put(directory, zip64 ? 0xffffffffu : record.data.size(), 4);
+    put(directory, zip64 ? 0xffffffffu : size, 4);
     put(directory, record.name.size(), 2);
     put(directory, zip64 ? 28 : 0, 2);
     put(directory, 0, 2);
@@ -112,7 +114,7 @@ std::vector<std::uint8_t> make_zip(const std::vector<ZipRecord>& records, bool z
     if (zip64) {
       put(directory, 0x0001, 2);
       put(directory, 24, 2);
-      put(directory, record.data.size(), 8);
+      put(directory, size, 8);
       put(directory, record.data.size(), 8);
       put(directory, offset, 8);
     }
@@ -553,6 +555,13 @@ TEST_CASE("torch checkpoint: hand-made archives, ZIP64, views and storage checks
   rejects(archive({2}, {1, 1}, 0, 12, false), "different lengths");
   rejects(archive({2}, {1}, 0, 13, false), "holds 48 bytes");
   rejects(archive({2}, {1}, 0, 12, false, 8), "compressed");
+  // A compressed entry may claim any size (its bytes in the file are the compressed ones): reading it is refused
+  // before anything of that size is allocated (libFuzzer found a 4 GB allocation here).
+  const auto huge = seer::io::ZipArchive::from_bytes(make_zip({{"x/data/0", {1, 2, 3}, 8, 1ull << 50}}, true));
+  CHECK(huge.find("x/data/0")->size == 1ull << 50);
+  const std::string refused = format_error_of([&] { (void)huge.read(*huge.find("x/data/0")); });
+  CAPTURE(refused);
+  CHECK(refused.find("compressed") != std::string::npos);
   rejects(std::vector<std::uint8_t>{0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc}, "legacy torch.save format");
   rejects(make_zip({{"weights.bin", {1, 2, 3}}}, false), "no <folder>/data.pkl");
   auto corrupted = archive({2}, {1}, 0, 12, false);

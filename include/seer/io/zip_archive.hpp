@@ -91,6 +91,8 @@ class ZipArchive {
 
   // The whole entry, checked against its CRC-32 (unless the writer stored none).
   std::vector<std::uint8_t> read(const ZipEntry& entry) const {
+    // First: only a stored entry's size is bounded by the file (a compressed one may claim any size).
+    require_readable(entry);
     std::vector<std::uint8_t> bytes(static_cast<std::size_t>(entry.size));
     read_range(entry, 0, entry.size, bytes.data());
     if (entry.crc32 != 0 && detail::crc32_update(0, bytes.data(), bytes.size()) != entry.crc32)
