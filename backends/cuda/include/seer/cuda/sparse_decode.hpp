@@ -83,11 +83,16 @@ void launch_decode_kernel(const gpu::DecodeParams<T>& params, cudaStream_t strea
   gpu::vendor::set_max_dynamic_shared_bytes(kernel, shared_bytes);
   const dim3 grid(static_cast<unsigned>(params.splits), static_cast<unsigned>(params.cache.heads * params.head_chunks),
                   static_cast<unsigned>(params.q.batch));
-  if constexpr (!ClusterMerge) {
-    // Programmatic dependent launch on sm_90+: the launch overlaps the end of the kernel before this one
-    // (the gate's selection, a cache append, or the previous step's decode in a captured graph).
+  if constexpr (!ClusterMerge && !Deep) {
+    // Programmatic dependent launch on sm_90+ for the shallow kernel's grids of several waves: its first CTAs
+    // take the multiprocessors the kernel before it leaves while that one drains (H100, NOTES runs 11-12: batch
+    // 16 graph replay -1.0 us at 32k, -1.2 at 128k; batch 1 / 128k -0.6). The deep kernel's single wave gains
+    // nothing from it and measured 0.3-0.6 us slower at batch 1 (NOTES runs 12-13), so it is launched plainly.
     gpu::vendor::launch_after_prior_grid("sparse_decode_kernel launch", kernel, grid, dim3(Traits::kThreads),
                                          static_cast<std::size_t>(shared_bytes), stream, params);
+  } else if constexpr (!ClusterMerge) {
+    kernel<<<grid, Traits::kThreads, shared_bytes, stream>>>(params);
+    gpu::vendor::check_last_launch("sparse_decode_kernel launch");
   } else {
     // One cluster per (sequence, KV head, head chunk): the grid's x extent, its splits (at most 16; more
     // than 8 is a non-portable cluster size, which sm_90 allows once the kernel asks for it).

@@ -528,12 +528,17 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
     cluster_partials.lses = cluster_partials.outputs + Traits::kQueryRows * HeadDim;
   }
 
-  // Launched after the kernel before it in the stream (vendor::launch_after_prior_grid; sparse_decode.hpp): the
-  // CTAs become resident while that kernel drains, and touch no memory (queries, cache, block lists, the split
-  // counters the previous call put back) until it has finished. The next kernel may then launch at once: every
-  // CTA of this grid is resident by the time all of them have allowed it, and it waits for this grid likewise.
-  vendor::wait_for_prior_grid();
-  vendor::allow_dependent_launch();
+  // The shallow kernel is launched after the kernel before it in the stream (vendor::launch_after_prior_grid;
+  // sparse_decode.hpp): its CTAs may become resident while that kernel drains, and touch no memory (queries,
+  // cache, block lists, the split counters the previous call put back) until it has finished. The next kernel
+  // may then launch at once: every CTA of this grid is resident by the time all of them have allowed it, and it
+  // waits for this grid likewise. The deep kernel (one wave) is launched plainly and holds neither instruction:
+  // with them its batch-1 calls measured 0.3-0.4 us slower in a replayed graph, even when launched plainly
+  // (H100, bench/gpu/decode/NOTES.md, run 13).
+  if constexpr (!Deep) {
+    vendor::wait_for_prior_grid();
+    vendor::allow_dependent_launch();
+  }
 
   decode_detail::DecodeCtaWork work;
   std::int32_t guessed_tiles[kStages - 1];  // the prologue's kept indices, if the row uses every split
