@@ -90,22 +90,17 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   constexpr float kLn2 = 0.6931471805599453f;
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  // The prefill kernel's grid: (query tile x head within a head group, head group, sequence), the
-  // longest query tiles of a group first.
-  const unsigned heads = static_cast<unsigned>(params.q.heads);
-  const unsigned group_first_head = blockIdx.y * heads / gridDim.y;
-  const unsigned group_heads = (blockIdx.y + 1) * heads / gridDim.y - group_first_head;
-  const unsigned tile_rank = blockIdx.x / group_heads;
-  if (tile_rank >= params.max_query_tiles) return;
-  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(tile_rank);
-  const unsigned head = group_first_head + blockIdx.x % group_heads;
-  const std::int64_t sequence = blockIdx.z;
+  // The prefill kernel's grid (seer/gpu/prefill_schedule.hpp); dense: every visible key tile.
+  detail::PrefillCta cta;
+  if (!detail::head_grouped_prefill_cta(params.q.heads, params.max_query_tiles, cta)) return;
+  const std::int64_t query_tile = cta.query_tile, sequence = cta.sequence;
+  const unsigned head = cta.head;
 
   const BlockGeometry tiles{params.q.length(sequence), params.k.length(sequence), Traits::kTileRows, params.causal};
   if (query_tile >= tiles.query_blocks()) return;
 
   const std::int64_t kv_head = head / params.group;
-  detail::KeyTileSchedule schedule;  // dense: every visible tile
+  detail::KeyTileSchedule schedule;
   schedule.visible_tiles = tiles.visible_key_blocks(query_tile);
   schedule.steps = schedule.visible_tiles;
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);

@@ -21,6 +21,7 @@
 #include "seer/core/block_set.hpp"
 #include "seer/core/sequence_batch.hpp"
 #include "seer/gpu/prefill_params.hpp"
+#include "seer/gpu/prefill_schedule.hpp"
 #include "seer/gpu/tensor_core.hpp"
 #include "seer/gpu/tile_copy.hpp"
 #include "seer/gpu/vendor.hpp"
@@ -53,32 +54,6 @@ struct PrefillTraits {
   static constexpr int kMinBlocksPerMultiprocessor = HeadDim <= 128 ? 4 : 2;
 };
 
-namespace detail {
-
-// The key tiles one query tile visits: dense (every visible tile) or the kept blocks of its
-// BlockSet row, each expanded into tiles_per_block tiles.
-struct KeyTileSchedule {
-  const std::int32_t* kept_blocks = nullptr;  // null: dense
-  std::int64_t steps = 0;
-  std::int64_t tiles_per_block = 1;
-  std::int64_t visible_tiles = 0;
-
-  // Tile of step s, or -1 when s is past the last useful step.
-  __device__ std::int64_t tile(std::int64_t step) const {
-    if (step >= steps) return -1;
-    std::int64_t tile = step;
-    if (kept_blocks != nullptr) {
-      // Blocks of one tile (the common case) need no 64-bit division.
-      tile = tiles_per_block == 1 ? static_cast<std::int64_t>(kept_blocks[step])
-                                  : static_cast<std::int64_t>(kept_blocks[step / tiles_per_block]) * tiles_per_block +
-                                        step % tiles_per_block;
-    }
-    return tile < visible_tiles ? tile : -1;  // ascending: once past the visible region, always past
-  }
-};
-
-}  // namespace detail
-
 template <class T, int HeadDim>
 __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
                                   PrefillTraits<T, HeadDim>::kMinBlocksPerMultiprocessor)
@@ -93,40 +68,17 @@ __global__ void __launch_bounds__(PrefillTraits<T, HeadDim>::kThreads,
   constexpr float kLn2 = 0.6931471805599453f;
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  // Grid (query tile x head within a group, head group, sequence), x fastest. gridDim.y groups split
-  // the heads into near-equal runs of consecutive heads whose K/V fit in L2 together (the host picks
-  // the count; gridDim.y == heads, gridDim.x == max_query_tiles is one head per group). Inside a group
-  // the highest query tiles of all its heads come first: under causal masking they have the most
-  // keys, so the longest CTAs start early and the short ones fill the tail. With one head per group
-  // the last head's longest CTAs start when little other work is left (8k dense: about 14% idle tail
-  // in a list-scheduling simulation); several heads per group spread them out.
-  // 32-bit arithmetic: heads and groups are below 2^16 and grid x below 2^31 (the host checks both).
-  const unsigned heads = static_cast<unsigned>(params.q.heads);
-  const unsigned group_first_head = blockIdx.y * heads / gridDim.y;
-  const unsigned group_heads = (blockIdx.y + 1) * heads / gridDim.y - group_first_head;
-  const unsigned tile_rank = blockIdx.x / group_heads;  // 0: the highest query tile
-  if (tile_rank >= params.max_query_tiles) return;      // smaller groups leave a few CTAs idle
-  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(tile_rank);
-  const unsigned head = group_first_head + blockIdx.x % group_heads;
-  const std::int64_t sequence = blockIdx.z;
+  // Grid: detail::head_grouped_prefill_cta (seer/gpu/prefill_schedule.hpp).
+  detail::PrefillCta cta;
+  if (!detail::head_grouped_prefill_cta(params.q.heads, params.max_query_tiles, cta)) return;
+  const std::int64_t query_tile = cta.query_tile, sequence = cta.sequence;
+  const unsigned head = cta.head;
 
   const BlockGeometry tiles{params.q.length(sequence), params.k.length(sequence), Traits::kTileRows, params.causal};
   if (query_tile >= tiles.query_blocks()) return;
 
   const std::int64_t kv_head = head / params.group;
-  detail::KeyTileSchedule schedule;
-  schedule.visible_tiles = tiles.visible_key_blocks(query_tile);
-  if (params.has_blocks) {
-    const BlockSetView& blocks = params.blocks;
-    const std::int64_t block_head = blocks.heads == params.q.heads ? head : kv_head;
-    const std::int64_t row = blocks.row(sequence, block_head, query_tile / params.tiles_per_block);
-    const std::int64_t first = blocks.row_offsets[row];
-    schedule.kept_blocks = blocks.key_blocks + first;
-    schedule.tiles_per_block = params.tiles_per_block;
-    schedule.steps = (blocks.row_offsets[row + 1] - first) * params.tiles_per_block;
-  } else {
-    schedule.steps = schedule.visible_tiles;
-  }
+  const detail::KeyTileSchedule schedule = detail::key_tile_schedule(params, tiles, sequence, head, query_tile);
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
   extern __shared__ __align__(128) unsigned char shared_bytes[];

@@ -25,6 +25,7 @@
 #include "seer/core/block_geometry.hpp"
 #include "seer/core/block_set.hpp"
 #include "seer/gpu/prefill_params.hpp"
+#include "seer/gpu/prefill_schedule.hpp"
 #include "seer/gpu/tensor_core_amd.hpp"
 #include "seer/gpu/vendor.hpp"
 #include "seer/gpu/warp_algorithms.hpp"
@@ -86,17 +87,7 @@ __global__ void block_sparse_prefill_kernel_amd(const PrefillParams<T> params) {
   if (query_tile >= tiles.query_blocks()) return;
 
   const std::int64_t kv_head = head / params.group;
-  std::int64_t steps = tiles.visible_key_blocks(query_tile);
-  const std::int32_t* kept_blocks = nullptr;
-  const std::int64_t visible_tiles = tiles.visible_key_blocks(query_tile);
-  if (params.has_blocks) {
-    const BlockSetView& blocks = params.blocks;
-    const std::int64_t block_head = blocks.heads == params.q.heads ? head : kv_head;
-    const std::int64_t row = blocks.row(sequence, block_head, query_tile / params.tiles_per_block);
-    const std::int64_t first = blocks.row_offsets[row];
-    kept_blocks = blocks.key_blocks + first;
-    steps = (blocks.row_offsets[row + 1] - first) * params.tiles_per_block;
-  }
+  const detail::KeyTileSchedule schedule = detail::key_tile_schedule(params, tiles, sequence, head, query_tile);
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
   extern __shared__ uint4 amd_shared_chunks[];  // 16-byte aligned, like every tile row
@@ -125,12 +116,9 @@ __global__ void block_sparse_prefill_kernel_amd(const PrefillParams<T> params) {
     for (int d = 0; d < kDimTiles; ++d) output[d][r] = 0.0f;
   }
 
-  for (std::int64_t step = 0; step < steps; ++step) {
-    std::int64_t tile = step;
-    if (kept_blocks != nullptr)
-      tile = static_cast<std::int64_t>(kept_blocks[step / params.tiles_per_block]) * params.tiles_per_block +
-             step % params.tiles_per_block;
-    if (tile >= visible_tiles) break;  // kept tiles ascend: the rest lie beyond the visible region
+  for (std::int64_t step = 0;; ++step) {
+    const std::int64_t tile = schedule.tile(step);
+    if (tile < 0) break;  // past the kept tiles, or (they ascend) beyond the visible region
     for (int part = 0; part < Traits::kTileRows / Traits::kKeysPerStep; ++part) {
       const std::int64_t first_key = tile * Traits::kTileRows + part * Traits::kKeysPerStep;
       __syncthreads();  // every warp is done with the previous V (and, the first time, Q has landed)

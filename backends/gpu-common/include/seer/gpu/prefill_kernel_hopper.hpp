@@ -115,34 +115,16 @@ __device__ __forceinline__ void warpgroup_forward(const PrefillParams<T>& params
   constexpr float kLn2 = 0.6931471805599453f;
   const float negative_infinity = -__int_as_float(0x7f800000);
 
-  // Grid and schedule as block_sparse_prefill_kernel's: (query tile x head within a group, head group,
-  // sequence), the highest query tiles of all the group's heads first.
-  const unsigned heads = static_cast<unsigned>(params.q.heads);
-  const unsigned group_first_head = blockIdx.y * heads / gridDim.y;
-  const unsigned group_heads = (blockIdx.y + 1) * heads / gridDim.y - group_first_head;
-  const unsigned tile_rank = blockIdx.x / group_heads;
-  if (tile_rank >= params.max_query_tiles) return;
-  const std::int64_t query_tile = params.max_query_tiles - 1 - static_cast<std::int64_t>(tile_rank);
-  const unsigned head = group_first_head + blockIdx.x % group_heads;
-  const std::int64_t sequence = blockIdx.z;
+  // Grid and schedule as block_sparse_prefill_kernel's (seer/gpu/prefill_schedule.hpp).
+  detail::PrefillCta cta;
+  if (!detail::head_grouped_prefill_cta(params.q.heads, params.max_query_tiles, cta)) return;
+  const std::int64_t query_tile = cta.query_tile, sequence = cta.sequence;
+  const unsigned head = cta.head;
 
   const BlockGeometry tiles{params.q.length(sequence), params.k.length(sequence), Traits::kTileRows, params.causal};
   if (query_tile >= tiles.query_blocks()) return;
   const std::int64_t kv_head = head / params.group;
-
-  detail::KeyTileSchedule schedule;
-  schedule.visible_tiles = tiles.visible_key_blocks(query_tile);
-  if (params.has_blocks) {
-    const BlockSetView& blocks = params.blocks;
-    const std::int64_t block_head = blocks.heads == params.q.heads ? head : kv_head;
-    const std::int64_t row = blocks.row(sequence, block_head, query_tile / params.tiles_per_block);
-    const std::int64_t first = blocks.row_offsets[row];
-    schedule.kept_blocks = blocks.key_blocks + first;
-    schedule.tiles_per_block = params.tiles_per_block;
-    schedule.steps = (blocks.row_offsets[row + 1] - first) * params.tiles_per_block;
-  } else {
-    schedule.steps = schedule.visible_tiles;
-  }
+  const detail::KeyTileSchedule schedule = detail::key_tile_schedule(params, tiles, sequence, head, query_tile);
   const std::int64_t first_masked_tile = tiles.first_masked_key_block(query_tile);
 
   extern __shared__ unsigned char dynamic_shared[];
