@@ -572,16 +572,21 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
 
   const KvCacheView<const T>& cache = params.cache;
   const std::uint64_t kv_policy = decode_detail::kv_copy_policy(params.kv_evict_first);
-  // The common tile: a contiguous cache and all 64 rows inside the sequence (no predicates, no page lookup).
-  auto load_full_tile = [&](std::int64_t tile, int stage) {
+  // A tile of a contiguous cache: one address (KvCacheView::offset of a contiguous cache), no page lookup; its
+  // first `rows` rows lie inside the sequence, the others are zero-filled.
+  auto load_contiguous_tile = [&](std::int64_t tile, int stage, std::int64_t rows) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
-    const std::int64_t offset = work.sequence * cache.page_stride + tile * Traits::kTileRows * cache.token_stride +
-                                work.kv_head * cache.head_stride;  // KvCacheView::offset of a contiguous cache
+    const std::int64_t offset = rows > 0 ? work.sequence * cache.page_stride +
+                                               tile * Traits::kTileRows * cache.token_stride +
+                                               work.kv_head * cache.head_stride
+                                         : 0;
     const decode_detail::KvTileCopy copy{kv_policy};
-    detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, Traits::kTileRows, copy);
-    detail::load_tile_async<Traits>(keys + Traits::kTileElements, cache.values + offset, cache.token_stride,
-                                    Traits::kTileRows, copy);
+    detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, rows, copy);
+    detail::load_tile_async<Traits>(keys + Traits::kTileElements, cache.values + offset, cache.token_stride, rows,
+                                    copy);
   };
+  // The common tile: a contiguous cache and all 64 rows inside the sequence (no predicates).
+  auto load_full_tile = [&](std::int64_t tile, int stage) { load_contiguous_tile(tile, stage, Traits::kTileRows); };
   auto load_tile = [&](std::int64_t tile, int stage) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
     T* const values = keys + Traits::kTileElements;
@@ -631,21 +636,11 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   }
   if constexpr (Lean) {
     // A contiguous cache (the launch's condition): one address per tile, the ragged end's rows predicated.
-    auto load_contiguous_tile = [&](std::int64_t tile, int stage) {
-      T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
-      const std::int64_t first_key = tile * Traits::kTileRows;
-      const std::int64_t valid_rows = work.cached_tokens - first_key;
-      const std::int64_t offset = valid_rows > 0 ? work.sequence * cache.page_stride + first_key * cache.token_stride +
-                                                       work.kv_head * cache.head_stride
-                                                 : 0;
-      const decode_detail::KvTileCopy copy{kv_policy};
-      detail::load_tile_async<Traits>(keys, cache.keys + offset, cache.token_stride, valid_rows, copy);
-      detail::load_tile_async<Traits>(keys + Traits::kTileElements, cache.values + offset, cache.token_stride,
-                                      valid_rows, copy);
-    };
 #pragma unroll 1
     for (int stage = 0; stage < kStages - 1; ++stage) {
-      if (stage < work.steps) load_contiguous_tile(prologue_tiles[stage], stage);
+      if (stage < work.steps)
+        load_contiguous_tile(prologue_tiles[stage], stage,
+                             work.cached_tokens - prologue_tiles[stage] * Traits::kTileRows);
       vendor::commit_async_copies();
     }
   } else {
