@@ -287,38 +287,18 @@ Row run_length(std::int64_t tokens, int repeats, const Threshold& threshold, con
   }
   // The pre-pooled gate and the TopK selection back to back: timed as one run, then replayed from CUDA graphs
   // (selection into the TopK buffers, so that the attention reads the same BlockSet).
-  const auto pooled_features = [&] {
-    return cuda::gate_features_from_pooled(device_gate, plan, {pooled_query.data, pooled_key.data}, gate_sequences,
-                                           workspace, stream);
+  // The pre-pooled gate (fp32 or bf16 weights) + TopK, as one enqueued sequence.
+  const auto pooled_gate_topk = [&](const auto& gate) {
+    return [&] {
+      const auto features = cuda::gate_features_from_pooled(gate, plan, {pooled_query.data, pooled_key.data},
+                                                            gate_sequences, workspace, stream);
+      cuda::select_blocks(plan, features, gate_sequences, topk, forced, topk_storage.buffers(), workspace, stream);
+    };
   };
-  const auto pooled_features_bf16 = [&] {
-    return cuda::gate_features_from_pooled(device_gate_bf16, plan, {pooled_query.data, pooled_key.data}, gate_sequences,
-                                           workspace, stream);
-  };
-  row.sequence_pooled_topk = time_ms(
-      [&] {
-        cuda::select_blocks(plan, pooled_features(), gate_sequences, topk, forced, topk_storage.buffers(), workspace,
-                            stream);
-      },
-      repeats, stream);
-  row.sequence_pooled_bf16_topk = time_ms(
-      [&] {
-        cuda::select_blocks(plan, pooled_features_bf16(), gate_sequences, topk, forced, topk_storage.buffers(),
-                            workspace, stream);
-      },
-      repeats, stream);
-  row.graph_pooled_topk = graph_time_ms(
-      [&] {
-        cuda::select_blocks(plan, pooled_features(), gate_sequences, topk, forced, topk_storage.buffers(), workspace,
-                            stream);
-      },
-      repeats, stream);
-  row.graph_pooled_bf16_topk = graph_time_ms(
-      [&] {
-        cuda::select_blocks(plan, pooled_features_bf16(), gate_sequences, topk, forced, topk_storage.buffers(),
-                            workspace, stream);
-      },
-      repeats, stream);
+  row.sequence_pooled_topk = time_ms(pooled_gate_topk(device_gate), repeats, stream);
+  row.sequence_pooled_bf16_topk = time_ms(pooled_gate_topk(device_gate_bf16), repeats, stream);
+  row.graph_pooled_topk = graph_time_ms(pooled_gate_topk(device_gate), repeats, stream);
+  row.graph_pooled_bf16_topk = graph_time_ms(pooled_gate_topk(device_gate_bf16), repeats, stream);
   row.graph_gate_topk = graph_time_ms(
       [&] {
         const auto from_q_k = cuda::gate_features<bfloat16>(device_gate, plan, q_view, k_view, true, workspace, stream);
