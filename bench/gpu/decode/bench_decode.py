@@ -8,7 +8,7 @@ the call (the fastest one is the baseline). seer's sparse rows keep random 64-to
 (sequence, KV head), the first and last always, the rest with the probability that makes the expected
 kept fraction the target density.
 
-Every method is timed in this one process in three ways, the same three for seer and SDPA (medians):
+Every method is timed in this one process in four ways, the same four for seer and SDPA (medians):
   flush: triton.testing.do_bench (CUDA events around each call; a 256 MB write before each call flushes
          the L2, which leaves it full of dirty lines: a call that reads N bytes also writes back up to
          min(N, L2) bytes of them);
@@ -16,7 +16,11 @@ Every method is timed in this one process in three ways, the same three for seer
          of an unrelated buffer and the call pays for its own reads alone;
   graph: a CUDA graph of back-to-back calls, each on another copy of the cache (enough copies that no
          call finds its K/V in the L2), replayed and timed with events around the replay; time per call.
-         This is a decode loop's view: launch gaps of a captured graph, no flush traffic.
+         This is a decode loop's view: launch gaps of a captured graph, no flush traffic (FlashInfer's
+         bench_gpu_time_with_cudagraph with cold_l2_cache does the same).
+  kernel: the GPU's own kernel timestamps (CUPTI, through torch.profiler), each call after the flush write
+         of do_bench: from the call's first kernel start to its last kernel end, without the events'
+         timing floor (FlashInfer's preferred bench_gpu_time_with_cupti likewise flushes between calls).
 Kept-bytes bandwidth = K and V bytes of the kept tokens (plus q and out, negligible) / time. Two probes
 show the fixed costs: "null" (one 1-element kernel, the timing floor of each method) and seer-sparse at
 density 0 (only the first and last block of each row). Prints a table last; JSON and Markdown under --out.
@@ -40,6 +44,7 @@ Q_HEADS, KV_HEADS, DIM = 32, 8, 128
 ROTATION_BYTES = 256 << 20  # bytes a graph's calls read before one copy of the cache comes round again
 COPY_BUDGET = 8 << 30       # device memory for the rotating copies of one configuration
 CALLS_PER_GRAPH = 40
+METHODS = ("ms", "clean_ms", "graph_ms", "kernel_ms")  # flush (do_bench), clean, graph, kernel (CUPTI)
 
 
 def load_library(path):
@@ -97,6 +102,44 @@ class Timer:
             ends[i].record()
         torch.cuda.synchronize()
         times = sorted(start.elapsed_time(end) for start, end in zip(starts, ends))
+        return times[len(times) // 2]
+
+    def kernel(self, fn, iterations=40):
+        """Median kernel span of a call (ms): CUPTI timestamps, each call after the flush write. The flush's own
+        kernels separate the calls; NaN when the call launches a kernel of the same name."""
+        def spans(action):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+                action()
+                torch.cuda.synchronize()
+            found = []
+            for event in profile.profiler.kineto_results.events():
+                if event.device_type() != torch.autograd.DeviceType.CUDA:
+                    continue
+                start = event.start_ns() if hasattr(event, "start_ns") else event.start_us() * 1000
+                duration = event.duration_ns() if hasattr(event, "duration_ns") else event.duration_us() * 1000
+                found.append((start, start + duration, event.name()))
+            return sorted(found)
+
+        if not hasattr(self, "flush_kernels"):
+            self.flush_kernels = {name for _, _, name in spans(lambda: self.flush_buffer.zero_())}
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+
+        def calls():
+            for _ in range(iterations):
+                self.flush_buffer.zero_()
+                fn()
+
+        groups = []
+        for start, end, name in spans(calls):
+            if name in self.flush_kernels:
+                groups.append(None)
+            elif groups:
+                groups[-1] = (start, end) if groups[-1] is None else (groups[-1][0], max(groups[-1][1], end))
+        if len(groups) != iterations or any(g is None for g in groups):
+            return float("nan")
+        times = sorted((end - start) / 1e6 for start, end in groups)
         return times[len(times) // 2]
 
     def graph(self, fns, replays=7):
@@ -189,9 +232,10 @@ def main():
 
     tiny = torch.zeros(1, device="cuda")
     null = lambda: tiny.add_(1.0)
-    null_times = {"ms": 0.0, "clean_ms": 0.0, "graph_ms": 0.0}
+    null_times = {"ms": 0.0, "clean_ms": 0.0, "graph_ms": 0.0, "kernel_ms": 0.0}
     if not args.profile:
-        null_times = {"ms": timer.flush(null), "clean_ms": timer.clean(null), "graph_ms": timer.graph([null])}
+        null_times = {"ms": timer.flush(null), "clean_ms": timer.clean(null), "graph_ms": timer.graph([null]),
+                      "kernel_ms": timer.kernel(null)}
         print(json.dumps({"probe": "null", **null_times}), flush=True)
 
     def parsed_variants(batch, context):
@@ -299,7 +343,8 @@ def main():
                 try:
                     with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                         result = calls[0]()
-                        times = {"ms": timer.flush(calls[0]), "clean_ms": timer.clean(calls[0])}
+                        times = {"ms": timer.flush(calls[0]), "clean_ms": timer.clean(calls[0]),
+                                 "kernel_ms": timer.kernel(calls[0])}
                         try:
                             times["graph_ms"] = timer.graph(calls)
                         except Exception as e:  # noqa: BLE001 -- a backend that cannot be captured
@@ -313,7 +358,7 @@ def main():
             if not sdpa:
                 raise RuntimeError(f"no SDPA backend ran: {sdpa_errors}")
             best = {m: min((t[m] for t in sdpa.values() if not math.isnan(t[m])), default=float("nan"))
-                    for m in ("ms", "clean_ms", "graph_ms")}
+                    for m in METHODS}
             best_name = min(sdpa, key=lambda n: sdpa[n]["ms"])
             print(json.dumps({"batch": batch, "context": context, "sdpa": sdpa, "sdpa_failed": sdpa_errors}),
                   flush=True)
@@ -342,7 +387,8 @@ def main():
                 graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order, policy,
                                                      head_major, cluster)
                                for c in copies_for(bytes_per_call, head_major)]
-                return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls)}
+                return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls),
+                        "kernel_ms": timer.kernel(call)}
 
             # ---- seer dense ----
             if not args.skip_dense:
@@ -376,7 +422,7 @@ def main():
                             graph_calls = [lambda c=c, f=function: seer_call(blocks, workspace, cache=c, function=f)
                                            for c in copies_for(kept_bytes)]
                             times = {"ms": timer.flush(call), "clean_ms": timer.clean(call),
-                                     "graph_ms": timer.graph(graph_calls)}
+                                     "graph_ms": timer.graph(graph_calls), "kernel_ms": timer.kernel(call)}
                             record(f"seer {name} r{round_index + 1}", density, kept, times, None)
                 if density == 0.1 and args.sweep_splits:
                     sweep = {}
@@ -419,16 +465,17 @@ def main():
               f"bench_decode.py). One new token, Hq=32, Hkv=8, D=128, bf16, contiguous cache, every sequence full. "
               f"Medians in us; flush: do_bench (L2 flushed by a write before each call); clean: the flush's dirty "
               f"lines written back before the start event; graph: per call in a replayed graph of back-to-back "
-              f"calls on rotating cache copies. Speedups are over the fastest SDPA backend under the same method. "
-              f"Null kernel (timing floor): flush {null_times['ms'] * 1e3:.1f}, clean {null_times['clean_ms'] * 1e3:.1f}, "
-              f"graph {null_times['graph_ms'] * 1e3:.1f} us.")
+              f"calls on rotating cache copies; kernel: CUPTI kernel span of a call after the flush write. Speedups "
+              f"are over the fastest SDPA backend under the same method. Null kernel (timing floor): flush "
+              f"{null_times['ms'] * 1e3:.1f}, clean {null_times['clean_ms'] * 1e3:.1f}, graph "
+              f"{null_times['graph_ms'] * 1e3:.1f}, kernel {null_times['kernel_ms'] * 1e3:.1f} us.")
     lines = [header, "",
              "| batch | context | method | density (actual) | flush us | x SDPA | TB/s | clean us | x SDPA | TB/s | "
-             "graph us | x SDPA | TB/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "graph us | x SDPA | TB/s | kernel us | x SDPA | TB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cells = []
-        for m in ("ms", "clean_ms", "graph_ms"):
+        for m in METHODS:
             cells.append(f"{r[m] * 1e3:.1f} | {r[m.replace('ms', 'speedup')]:.2f}x | {r[m.replace('ms', 'tb_per_s')]:.2f}")
         lines.append(f"| {r['batch']} | {r['context'] // 1024}k | {r['method']} | {r['density_target']:.2f} "
                      f"({r['density']:.3f}) | " + " | ".join(cells) + " |")
