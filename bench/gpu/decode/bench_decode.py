@@ -60,7 +60,12 @@ def load_library(path):
     capacity = library.seer_bench_decode_cluster_capacity_bf16
     capacity.argtypes = [i64, i64, i64, i64, ctypes.c_char_p, i64]
     capacity.restype = i64
-    return decode, workspace, capacity
+    paged = getattr(library, "seer_bench_decode_paged_bf16", None)  # absent from older builds
+    if paged is not None:
+        paged.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, i64,
+                          ptr, i64, ptr, ctypes.c_char_p, i64]
+        paged.restype = ctypes.c_int
+    return decode, workspace, capacity, paged
 
 
 def random_blocks(batch, blocks, density, generator):
@@ -203,6 +208,11 @@ def main():
                              "kernel at density 0.1 on the same data, in --compare-rounds rounds that alternate with "
                              "--library's (an A/B comparison of two versions of the code in one process)")
     parser.add_argument("--compare-rounds", type=int, default=2)
+    parser.add_argument("--page-sizes", default="",
+                        help="page sizes (tokens, comma-separated) of a paged cache also timed at density 0.1 with the "
+                             "automatic kernel: the cache buffer viewed as a pool of pages, each sequence's pages "
+                             "taken from a random permutation of the pool (as an allocator leaves them), e.g. 1 "
+                             "(SGLang's token pages), 16 (vLLM's default), 64 (one K/V tile per page)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random kept blocks (default: random)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
                         help="SDPA backends timed (the fastest is the baseline)")
@@ -212,7 +222,10 @@ def main():
                              "variant that applies, each after the flush write (for a profiler such as ncu)")
     args = parser.parse_args()
 
-    decode, workspace_query, cluster_capacity = load_library(args.library)
+    decode, workspace_query, cluster_capacity, decode_paged = load_library(args.library)
+    page_sizes = [int(x) for x in filter(None, args.page_sizes.split(","))]
+    if page_sizes and decode_paged is None:
+        raise RuntimeError(f"{args.library} has no paged entry point (seer_bench_decode_paged_bf16)")
     # ctypes loads each library with RTLD_LOCAL: every build keeps its own kernels and host code.
     compared = [(os.path.basename(path), load_library(path)[0])
                 for path in filter(None, args.compare_libraries.split(","))]
@@ -303,6 +316,21 @@ def main():
                     workspace.data_ptr() if workspace is not None else None,
                     workspace.numel() if workspace is not None else 0, forced_splits, pipeline, order, policy,
                     cluster % 4, cluster // 4, 1 if head_major else 0, stream, error, len(error))
+                if status != 0:
+                    raise RuntimeError(error.value.decode())
+
+            def seer_paged_call(blocks, workspace, table, page_size, cache=None):
+                """The automatic kernel over the cache (or a rotating copy) viewed as a pool of pages of page_size
+                tokens; table [batch, context / page_size] int32: each sequence's pages in the pool."""
+                k, v = cache if cache is not None else (keys, values)
+                key_blocks, counts, capacity = blocks
+                status = decode_paged(
+                    q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), table.data_ptr(), page_size,
+                    table.shape[1], out.data_ptr(), lse.data_ptr(), batch, 1, Q_HEADS, KV_HEADS, DIM, context,
+                    key_blocks.data_ptr(), counts.data_ptr(), capacity,
+                    workspace.data_ptr() if workspace is not None else None,
+                    workspace.numel() if workspace is not None else 0, torch.cuda.current_stream().cuda_stream,
+                    error, len(error))
                 if status != 0:
                     raise RuntimeError(error.value.decode())
 
@@ -409,6 +437,30 @@ def main():
                 difference = (out.float() - reference).abs().max().item() if density >= 1.0 else None
                 kept_bytes = 2 * kept * BLOCK * DIM * 2
                 record("seer-sparse", density, kept, time_seer(blocks, workspace, kept_bytes), difference)
+                if density == 0.1 and page_sizes:
+                    seer_call(blocks, workspace)
+                    torch.cuda.synchronize()
+                    contiguous_out = out.clone()  # the automatic call's output on this cache and these blocks
+                for page_size in page_sizes if density == 0.1 else []:
+                    # The identity table reads what the contiguous call read: the same output, within rounding.
+                    pages = context // page_size
+                    identity = torch.arange(batch * pages, dtype=torch.int32, device="cuda").view(batch, pages)
+                    seer_paged_call(blocks, workspace, identity, page_size)
+                    torch.cuda.synchronize()
+                    difference = (out.float() - contiguous_out.float()).abs().max().item()
+                    if difference > 1e-2:
+                        raise RuntimeError(f"paged cache (page size {page_size}): output differs from the contiguous "
+                                           f"call by {difference}")
+                    table = torch.randperm(batch * pages, generator=generator, device="cuda").to(
+                        torch.int32).view(batch, pages)
+                    call = lambda t=table, p=page_size: seer_paged_call(blocks, workspace, t, p)
+                    graph_calls = [lambda c=c, t=table, p=page_size: seer_paged_call(blocks, workspace, t, p, c)
+                                   for c in copies_for(kept_bytes)]
+                    times = {"ms": timer.flush(call), "clean_ms": timer.clean(call),
+                             "graph_ms": timer.graph(graph_calls), "kernel_ms": timer.kernel(call)}
+                    print(json.dumps({"batch": batch, "context": context, "page_size": page_size,
+                                      "max_abs_difference_vs_contiguous": difference}), flush=True)
+                    record(f"seer-sparse, pages of {page_size}", density, kept, times, None)
                 if density == 0.1 and compared:
                     main_out = out.clone()
                     for name, function in compared:

@@ -122,6 +122,42 @@ extern "C" int seer_bench_decode_bf16(const void* q, const void* keys, const voi
   }
 }
 
+// One decode call over a paged cache, with the automatic launch shape: keys and values are pools of
+// [batch * pages_per_sequence, page_size, kv_heads, head_dim] pages (a contiguous [batch, capacity, kv_heads,
+// head_dim] buffer viewed as pages), page_table [batch, pages_per_sequence] int32 device memory; the rest as
+// seer_bench_decode_bf16. Returns 0, or 1 with a message.
+extern "C" int seer_bench_decode_paged_bf16(const void* q, const void* keys, const void* values,
+                                            const std::int32_t* lengths, const std::int32_t* page_table,
+                                            std::int64_t page_size, std::int64_t pages_per_sequence, void* out,
+                                            float* lse, std::int64_t batch, std::int64_t q_len, std::int64_t q_heads,
+                                            std::int64_t kv_heads, std::int64_t head_dim, std::int64_t max_length,
+                                            const std::int32_t* key_blocks, const std::int32_t* counts,
+                                            std::int64_t block_capacity, void* workspace,
+                                            std::int64_t workspace_bytes, void* stream, char* error,
+                                            std::int64_t error_capacity) {
+  try {
+    using seer::bfloat16;
+    const std::int64_t capacity = pages_per_sequence * page_size;
+    Views views = make_views(q, keys, values, lengths, out, batch, q_len, q_heads, kv_heads, head_dim, capacity,
+                             max_length, key_blocks, counts, block_capacity);
+    const std::int64_t pages = batch * pages_per_sequence;
+    const auto k = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(keys),
+                                                                   {pages, page_size, kv_heads, head_dim});
+    const auto v = seer::TensorView<const bfloat16, 4>::contiguous(static_cast<const bfloat16*>(values),
+                                                                   {pages, page_size, kv_heads, head_dim});
+    views.cache = seer::paged_kv_cache(k, v, page_table, batch, pages_per_sequence, lengths, max_length);
+    seer::TensorView<float, 2> lse_view;
+    if (lse != nullptr) lse_view = seer::TensorView<float, 2>::contiguous(lse, {q_heads, batch * q_len});
+    seer::cuda::sparse_decode<bfloat16>(views.q, views.cache, key_blocks != nullptr ? &views.blocks : nullptr,
+                                        seer::AttentionOptions{}, views.out, lse_view, workspace, workspace_bytes,
+                                        static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    copy_message(e.what(), error, error_capacity);
+    return 1;
+  }
+}
+
 // How many clusters of `splits` CTAs of the cluster-merge decode kernel (bf16, head_dim, row_blocks, deep != 0:
 // the deep pipeline) the device runs at once; -1 with a message on error.
 extern "C" std::int64_t seer_bench_decode_cluster_capacity_bf16(std::int64_t head_dim, std::int64_t row_blocks,

@@ -116,6 +116,17 @@ TEST_CASE("gpu decode validation: alignment, strides, LSE, scale, blocks and wor
   h.blocks.counts = nullptr;
   CHECK(rejected_argument(h) == "blocks");
 
+  // A paged cache of more than 2^31 - 1 tokens per sequence (the paged kernels index tokens in 32 bits).
+  Arguments paged;
+  static std::int32_t page_table_placeholder[2] = {0, 1};
+  paged.cache.page_table = page_table_placeholder;
+  paged.cache.page_size = 64;
+  paged.cache.pages_per_sequence = std::int64_t{1} << 25;  // 2^31 tokens
+  CHECK(rejected_argument(paged) == "cache");
+  paged.cache.pages_per_sequence = 4;  // 256 tokens: the cache passes, and a check after it rejects the blocks
+  paged.blocks.block_size = 32;
+  CHECK(rejected_argument(paged) == "blocks");
+
   Arguments i;
   i.shape.splits = 4;  // needs a workspace
   CHECK(rejected_argument(i) == "workspace");

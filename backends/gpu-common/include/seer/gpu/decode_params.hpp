@@ -299,6 +299,8 @@ void validate_decode_call(const SequenceBatch<const T>& q, const KvCacheView<con
           ") must be multiples of 8 elements for 16-byte loads");
   require(cache.page_size > 0, "cache", "page size is ", cache.page_size, ", expected > 0");
   require(cache.max_length >= 0, "cache", "max_length is ", cache.max_length, ", expected >= 0");
+  require(!cache.is_paged() || cache.capacity() <= 0x7fffffff, "cache", "pages hold ", cache.capacity(),
+          " tokens per sequence (pages_per_sequence x page_size), at most 2^31 - 1 for the paged kernels");
   require(std::isfinite(options.softmax_scale) && options.softmax_scale >= 0.0, "options.softmax_scale", "is ",
           options.softmax_scale, ", expected a finite value > 0 (or 0 for 1/sqrt(head_dim))");
   require(q.batch <= 65535, "q", "batch is ", q.batch, ", at most 65535 sequences per call");
