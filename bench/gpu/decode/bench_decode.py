@@ -213,6 +213,9 @@ def main():
                              "automatic kernel: the cache buffer viewed as a pool of pages, each sequence's pages "
                              "taken from a random permutation of the pool (as an allocator leaves them), e.g. 1 "
                              "(SGLang's token pages), 16 (vLLM's default), 64 (one K/V tile per page)")
+    parser.add_argument("--page-order", default="shuffled", choices=["shuffled", "identity"],
+                        help="pages of each sequence in the pool: a random permutation (default) or in order (the "
+                             "contiguous buffer's own order: isolates the cost of scattered pages)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random kept blocks (default: random)")
     parser.add_argument("--sdpa-backends", default="flash,efficient,cudnn,default",
                         help="SDPA backends timed (the fastest is the baseline)")
@@ -451,8 +454,8 @@ def main():
                     if difference > 1e-2:
                         raise RuntimeError(f"paged cache (page size {page_size}): output differs from the contiguous "
                                            f"call by {difference}")
-                    table = torch.randperm(batch * pages, generator=generator, device="cuda").to(
-                        torch.int32).view(batch, pages)
+                    table = identity if args.page_order == "identity" else torch.randperm(
+                        batch * pages, generator=generator, device="cuda").to(torch.int32).view(batch, pages)
                     call = lambda t=table, p=page_size: seer_paged_call(blocks, workspace, t, p)
                     graph_calls = [lambda c=c, t=table, p=page_size: seer_paged_call(blocks, workspace, t, p, c)
                                    for c in copies_for(kept_bytes)]
@@ -460,7 +463,8 @@ def main():
                              "graph_ms": timer.graph(graph_calls), "kernel_ms": timer.kernel(call)}
                     print(json.dumps({"batch": batch, "context": context, "page_size": page_size,
                                       "max_abs_difference_vs_contiguous": difference}), flush=True)
-                    record(f"seer-sparse, pages of {page_size}", density, kept, times, None)
+                    record(f"seer-sparse, pages of {page_size}" + (" in order" if args.page_order == "identity" else ""),
+                           density, kept, times, None)
                 if density == 0.1 and compared:
                     main_out = out.clone()
                     for name, function in compared:

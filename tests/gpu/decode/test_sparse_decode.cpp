@@ -349,10 +349,12 @@ TEST_CASE("gpu decode: head dims 64/128 x GQA groups 1/4/8 x 1/3/8 query tokens,
       }
 }
 
-TEST_CASE("gpu decode: paged caches (page sizes 16, 64, 256), ragged lengths incl. < 64 and not multiples of 64") {
-  for (const std::int64_t page_size : {16, 64, 256})
+TEST_CASE("gpu decode: paged caches (page sizes 1, 16, 48, 64, 256; both pipelines), ragged lengths incl. < 64 and "
+          "not multiples of 64") {
+  for (const std::int64_t page_size : {1, 16, 48, 64, 256})
     for (const double density : {-1.0, 0.4}) {
       Case c;
+      c.pipeline = page_size == 48 || page_size == 1 ? 1 : 0;  // the automatic (deep) kernel, or the shallow one
       c.packed = true;
       c.q_lengths = {1, 4, 8, 2};
       c.lengths = {37, 64, 1000, 513};

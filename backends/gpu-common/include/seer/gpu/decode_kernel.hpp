@@ -91,14 +91,23 @@ struct DecodeCtaWork {
 // KvCacheView::offset of a paged cache (token, head of sequence `sequence`) in 32-bit index arithmetic: a 64-bit
 // division is a long software routine, and the per-row copy path needs one per row of every tile. The host
 // bounds a paged cache to 2^31 - 1 tokens per sequence (validate_decode_call).
+// Power-of-two page sizes (those of every engine we know: 1, 16, 32, 64, ...) take a shift and a mask instead of
+// a division: a lone batch-1 CTA waits on its instruction chain, and the per-row path runs this for each of a
+// thread's 8 rows of every tile.
 template <class T>
 __device__ inline std::int64_t paged_offset(const KvCacheView<const T>& cache, std::int64_t sequence,
                                             std::int64_t token, std::int64_t head) {
   const unsigned position = static_cast<unsigned>(token), page_size = static_cast<unsigned>(cache.page_size);
-  const unsigned page_index = position / page_size;
+  unsigned page_index, slot;
+  if ((page_size & (page_size - 1)) == 0) {
+    page_index = position >> (__ffs(static_cast<int>(page_size)) - 1);
+    slot = position & (page_size - 1);
+  } else {
+    page_index = position / page_size;
+    slot = position - page_index * page_size;
+  }
   const std::int64_t page = cache.page_table[sequence * cache.pages_per_sequence + page_index];
-  return page * cache.page_stride + static_cast<std::int64_t>(position - page_index * page_size) * cache.token_stride +
-         head * cache.head_stride;
+  return page * cache.page_stride + static_cast<std::int64_t>(slot) * cache.token_stride + head * cache.head_stride;
 }
 
 // Asks for the L2 line holding `address` without waiting for it (NVIDIA; nothing on AMD).
@@ -681,6 +690,44 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
 #pragma unroll 1
       for (int stage = 0; stage < kStages - 1; ++stage) {
         if (stage < work.steps) load_full_tile(prologue_tiles[stage], stage);
+        vendor::commit_async_copies();
+      }
+    } else if (cache.is_paged()) {
+      // Every row's page of every prologue tile looked up at once, into the one stage buffer the prologue does
+      // not fill (the refill loop's first copy into it follows a barrier): one memory round trip for the
+      // prologue, where tile-by-tile lookups would wait a round trip per tile (each after the copies before it).
+      std::int64_t* const row_offsets =
+          reinterpret_cast<std::int64_t*>(shared_tiles + (kStages - 1) * 2 * Traits::kTileElements);
+      constexpr int kPrologueRows = (kStages - 1) * Traits::kTileRows;
+#pragma unroll
+      for (int pass = 0; pass < (kPrologueRows + Traits::kThreads - 1) / Traits::kThreads; ++pass) {
+        const int index = thread + pass * Traits::kThreads;
+        const int stage = index / Traits::kTileRows;
+        const std::int64_t token =
+            prologue_tiles[stage < kStages - 1 ? stage : 0] * Traits::kTileRows + index % Traits::kTileRows;
+        if (index < kPrologueRows)
+          row_offsets[index] = stage < work.steps && token < work.cached_tokens
+                                   ? decode_detail::paged_offset(cache, work.sequence, token, work.kv_head)
+                                   : 0;
+      }
+      __syncthreads();
+      constexpr int kRowsPerPass = Traits::kThreads / kChunksPerRow;
+      const int chunk = thread % kChunksPerRow, first = thread / kChunksPerRow;
+#pragma unroll 1
+      for (int stage = 0; stage < kStages - 1; ++stage) {
+        if (stage < work.steps) {
+          T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
+          const std::int64_t valid_rows = work.cached_tokens - prologue_tiles[stage] * Traits::kTileRows;
+#pragma unroll
+          for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
+            const int row = first + pass * kRowsPerPass;
+            const std::int64_t offset = row_offsets[stage * Traits::kTileRows + row] + chunk * 8;
+            const int destination = swizzled_offset<kChunksPerRow>(row, chunk);
+            decode_detail::copy_kv_16_bytes(keys + destination, cache.keys + offset, kv_policy, row < valid_rows);
+            decode_detail::copy_kv_16_bytes(keys + Traits::kTileElements + destination, cache.values + offset,
+                                            kv_policy, row < valid_rows);
+          }
+        }
         vendor::commit_async_copies();
       }
     } else {
