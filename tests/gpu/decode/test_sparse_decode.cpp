@@ -366,6 +366,26 @@ TEST_CASE("gpu decode: paged caches (page sizes 1, 16, 48, 64, 256; both pipelin
     }
 }
 
+// Long CTAs on paged caches: 1 or 3 splits over ~24 kept tiles run the refill loop (the rows of the tile copied
+// next looked up a step ahead), on both pipelines, for pages of 1, 16, 48 (not a power of two) and 64 tokens.
+TEST_CASE("gpu decode: paged caches through the refill loop (forced splits 1 and 3, both pipelines)") {
+  for (const std::int64_t page_size : {1, 16, 48, 64})
+    for (const int pipeline : {1, 2}) {
+      Case c;
+      c.packed = true;
+      c.q_lengths = {1, 3};
+      c.lengths = {3000, 190};
+      c.q_heads = 8;
+      c.kv_heads = 2;
+      c.page_size = page_size;
+      c.density = 0.5;
+      c.forced_splits = page_size == 48 ? 3 : 1;
+      c.split_order = 2;
+      c.pipeline = pipeline;
+      check_both_types(c);
+    }
+}
+
 TEST_CASE("gpu decode: dense path, every block kept, and rows that keep no block") {
   Case c;
   c.packed = true;

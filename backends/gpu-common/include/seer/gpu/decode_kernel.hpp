@@ -609,6 +609,37 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
   };
   // The common tile: a contiguous cache and all 64 rows inside the sequence (no predicates).
   auto load_full_tile = [&](std::int64_t tile, int stage) { load_contiguous_tile(tile, stage, Traits::kTileRows); };
+  // Paged caches whose pages are smaller than a tile (or not a multiple of it): each token row has its own page.
+  // A tile's rows are looked up before any of its copies: a copy is an asm statement with a memory clobber, so a
+  // lookup after one would wait for it, a page-table round trip per row (H100, pages of 16 tokens, batch 16 / 128k /
+  // density 0.1: 437 us against 296 for a contiguous cache; NOTES run 16). Thread t copies chunk t % kChunksPerRow
+  // of rows t / kChunksPerRow + pass * kRowsPerPass.
+  constexpr int kRowsPerPass = Traits::kThreads / kChunksPerRow;
+  constexpr int kRowPasses = Traits::kTileRows / kRowsPerPass;
+  const int row_chunk = thread % kChunksPerRow, row_first = thread / kChunksPerRow;
+  // The element offsets of this thread's rows of `tile` (0 for rows outside the sequence).
+  auto look_up_rows = [&](std::int64_t tile, std::int64_t(&offsets)[kRowPasses]) {
+#pragma unroll
+    for (int pass = 0; pass < kRowPasses; ++pass) {
+      const std::int64_t token = tile * Traits::kTileRows + row_first + pass * kRowsPerPass;
+      offsets[pass] =
+          token < work.cached_tokens ? decode_detail::paged_offset(cache, work.sequence, token, work.kv_head) : 0;
+    }
+  };
+  // Copies this thread's rows of the tile of `stage`, row pass p from element offset `offset(p)`; the first
+  // `valid_rows` rows lie inside the sequence, the others are zero-filled.
+  auto copy_rows = [&](int stage, std::int64_t valid_rows, auto offset) {
+    T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
+#pragma unroll
+    for (int pass = 0; pass < kRowPasses; ++pass) {
+      const int row = row_first + pass * kRowsPerPass;
+      const std::int64_t source = offset(pass) + row_chunk * 8;
+      const int destination = swizzled_offset<kChunksPerRow>(row, row_chunk);
+      decode_detail::copy_kv_16_bytes(keys + destination, cache.keys + source, kv_policy, row < valid_rows);
+      decode_detail::copy_kv_16_bytes(keys + Traits::kTileElements + destination, cache.values + source, kv_policy,
+                                      row < valid_rows);
+    }
+  };
   auto load_tile = [&](std::int64_t tile, int stage) {
     T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
     T* const values = keys + Traits::kTileElements;
@@ -629,28 +660,9 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
       detail::load_tile_async<Traits>(values, cache.values + offset, cache.token_stride, valid_rows, copy);
       return;
     }
-    // Pages smaller than a tile (or not a multiple of it): each token row has its own page. Every row's page
-    // is looked up before the first copy: a copy is an asm statement with a memory clobber, so a lookup after
-    // one would wait for it, and the thread's rows would pay a page-table round trip each (H100, pages of 16
-    // tokens, batch 16 / 128k / density 0.1: 437 us against 296 for a contiguous cache; NOTES run 16).
-    constexpr int kRowsPerPass = Traits::kThreads / kChunksPerRow;
-    constexpr int kPasses = Traits::kTileRows / kRowsPerPass;
-    const int chunk = thread % kChunksPerRow, first = thread / kChunksPerRow;
-    std::int64_t offsets[kPasses];
-#pragma unroll
-    for (int pass = 0; pass < kPasses; ++pass) {
-      const int row = first + pass * kRowsPerPass;
-      offsets[pass] =
-          row < valid_rows ? decode_detail::paged_offset(cache, work.sequence, first_key + row, work.kv_head) : 0;
-    }
-#pragma unroll
-    for (int pass = 0; pass < kPasses; ++pass) {
-      const int row = first + pass * kRowsPerPass;
-      const bool valid = row < valid_rows;
-      const int destination = swizzled_offset<kChunksPerRow>(row, chunk);
-      decode_detail::copy_kv_16_bytes(keys + destination, cache.keys + offsets[pass] + chunk * 8, kv_policy, valid);
-      decode_detail::copy_kv_16_bytes(values + destination, cache.values + offsets[pass] + chunk * 8, kv_policy, valid);
-    }
+    std::int64_t offsets[kRowPasses];
+    look_up_rows(tile, offsets);
+    copy_rows(stage, valid_rows, [&](int pass) { return offsets[pass]; });
   };
 
   // ---- pipeline prologue: Q and the first kStages - 1 tiles, one commit group each. Their
@@ -711,23 +723,11 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim, RowBlocks, Deep>::kTh
                                    : 0;
       }
       __syncthreads();
-      constexpr int kRowsPerPass = Traits::kThreads / kChunksPerRow;
-      const int chunk = thread % kChunksPerRow, first = thread / kChunksPerRow;
 #pragma unroll 1
       for (int stage = 0; stage < kStages - 1; ++stage) {
-        if (stage < work.steps) {
-          T* const keys = shared_tiles + stage * 2 * Traits::kTileElements;
-          const std::int64_t valid_rows = work.cached_tokens - prologue_tiles[stage] * Traits::kTileRows;
-#pragma unroll
-          for (int pass = 0; pass < Traits::kTileRows / kRowsPerPass; ++pass) {
-            const int row = first + pass * kRowsPerPass;
-            const std::int64_t offset = row_offsets[stage * Traits::kTileRows + row] + chunk * 8;
-            const int destination = swizzled_offset<kChunksPerRow>(row, chunk);
-            decode_detail::copy_kv_16_bytes(keys + destination, cache.keys + offset, kv_policy, row < valid_rows);
-            decode_detail::copy_kv_16_bytes(keys + Traits::kTileElements + destination, cache.values + offset,
-                                            kv_policy, row < valid_rows);
-          }
-        }
+        if (stage < work.steps)
+          copy_rows(stage, work.cached_tokens - prologue_tiles[stage] * Traits::kTileRows,
+                    [&](int pass) { return row_offsets[stage * Traits::kTileRows + row_first + pass * kRowsPerPass]; });
         vendor::commit_async_copies();
       }
     } else {
