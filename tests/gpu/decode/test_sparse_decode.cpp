@@ -349,8 +349,9 @@ TEST_CASE("gpu decode: head dims 64/128 x GQA groups 1/4/8 x 1/3/8 query tokens,
       }
 }
 
-TEST_CASE("gpu decode: paged caches (page sizes 1, 16, 48, 64, 256; both pipelines), ragged lengths incl. < 64 and "
-          "not multiples of 64") {
+TEST_CASE(
+    "gpu decode: paged caches (page sizes 1, 16, 48, 64, 256; both pipelines), ragged lengths incl. < 64 and "
+    "not multiples of 64") {
   for (const std::int64_t page_size : {1, 16, 48, 64, 256})
     for (const double density : {-1.0, 0.4}) {
       Case c;
@@ -362,26 +363,6 @@ TEST_CASE("gpu decode: paged caches (page sizes 1, 16, 48, 64, 256; both pipelin
       c.kv_heads = 2;
       c.page_size = page_size;
       c.density = density;
-      check_both_types(c);
-    }
-}
-
-// Long CTAs on paged caches: 1 or 3 splits over ~24 kept tiles run the refill loop (the rows of the tile copied
-// next looked up a step ahead), on both pipelines, for pages of 1, 16, 48 (not a power of two) and 64 tokens.
-TEST_CASE("gpu decode: paged caches through the refill loop (forced splits 1 and 3, both pipelines)") {
-  for (const std::int64_t page_size : {1, 16, 48, 64})
-    for (const int pipeline : {1, 2}) {
-      Case c;
-      c.packed = true;
-      c.q_lengths = {1, 3};
-      c.lengths = {3000, 190};
-      c.q_heads = 8;
-      c.kv_heads = 2;
-      c.page_size = page_size;
-      c.density = 0.5;
-      c.forced_splits = page_size == 48 ? 3 : 1;
-      c.split_order = 2;
-      c.pipeline = pipeline;
       check_both_types(c);
     }
 }
@@ -407,26 +388,42 @@ TEST_CASE("gpu decode: dense path, every block kept, and rows that keep no block
 
 namespace {
 
+// Two sequences of 3000 and 190 cached tokens with half their blocks kept (~24 and ~2 kept tiles per row), run
+// with a forced pipeline, split order and split bound.
+Case forced_split_case(int pipeline, int split_order, std::int64_t splits) {
+  Case c;
+  c.split_order = split_order;
+  c.packed = true;
+  c.q_lengths = {1, 3};
+  c.lengths = {3000, 190};
+  c.q_heads = 8;
+  c.kv_heads = 2;
+  c.density = 0.5;
+  c.forced_splits = splits;
+  c.pipeline = pipeline;
+  return c;
+}
+
 // Forced split bounds: 1 to 3 splits give CTAs of 8 to 24 kept tiles (the deep pipeline's steady state
 // runs too) and use every split (the prologue's guessed indices), 7 and 40 fewer.
 void check_forced_splits(int pipeline) {
   for (const int split_order : {1, 2})
-    for (const std::int64_t splits : {1, 2, 3, 7, 40}) {
-      Case c;
-      c.split_order = split_order;
-      c.packed = true;
-      c.q_lengths = {1, 3};
-      c.lengths = {3000, 190};
-      c.q_heads = 8;
-      c.kv_heads = 2;
-      c.density = 0.5;
-      c.forced_splits = splits;
-      c.pipeline = pipeline;
-      check_both_types(c);
-    }
+    for (const std::int64_t splits : {1, 2, 3, 7, 40})
+      check_both_types(forced_split_case(pipeline, split_order, splits));
 }
 
 }  // namespace
+
+// Long CTAs on paged caches: 1 or 3 splits over ~24 kept tiles run the refill loop (each refill looking its rows'
+// pages up), on both pipelines, for pages of 1, 16, 48 (not a power of two: the division path) and 64 tokens.
+TEST_CASE("gpu decode: paged caches through the refill loop (forced splits 1 and 3, both pipelines)") {
+  for (const std::int64_t page_size : {1, 16, 48, 64})
+    for (const int pipeline : {1, 2}) {
+      Case c = forced_split_case(pipeline, 2, page_size == 48 ? 3 : 1);
+      c.page_size = page_size;
+      check_both_types(c);
+    }
+}
 
 TEST_CASE("gpu decode: forced split counts, shallow pipeline (both split orders)") { check_forced_splits(1); }
 
