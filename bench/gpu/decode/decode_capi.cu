@@ -132,9 +132,8 @@ extern "C" int seer_bench_decode_paged_bf16(const void* q, const void* keys, con
                                             float* lse, std::int64_t batch, std::int64_t q_len, std::int64_t q_heads,
                                             std::int64_t kv_heads, std::int64_t head_dim, std::int64_t max_length,
                                             const std::int32_t* key_blocks, const std::int32_t* counts,
-                                            std::int64_t block_capacity, void* workspace,
-                                            std::int64_t workspace_bytes, void* stream, char* error,
-                                            std::int64_t error_capacity) {
+                                            std::int64_t block_capacity, void* workspace, std::int64_t workspace_bytes,
+                                            void* stream, char* error, std::int64_t error_capacity) {
   try {
     using seer::bfloat16;
     const std::int64_t capacity = pages_per_sequence * page_size;
