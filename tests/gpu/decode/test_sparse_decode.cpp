@@ -473,17 +473,8 @@ void check_cluster_merge(int pipeline) {
             "; of 7 shallow D128 CTAs: ", decode_test::decode_cluster_capacity_on_device(128, 1, false, 7));
   for (const int split_order : {1, 2})
     for (const std::int64_t splits : {2, 3, 7, 16}) {
-      Case c;
-      c.split_order = split_order;
-      c.packed = true;
-      c.q_lengths = {1, 3};
-      c.lengths = {3000, 190};
-      c.q_heads = 8;
-      c.kv_heads = 2;
-      c.density = 0.5;
+      Case c = forced_split_case(pipeline, split_order, splits);
       c.empty_rows = splits == 7;
-      c.forced_splits = splits;
-      c.pipeline = pipeline;
       c.cluster_merge = 2;
       check_both_types(c);
     }
