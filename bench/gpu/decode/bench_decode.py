@@ -147,6 +147,11 @@ class Timer:
         times = sorted((end - start) / 1e6 for start, end in groups)
         return times[len(times) // 2]
 
+    def all_methods(self, call, graph_calls):
+        """The four methods on one call (ms): graph_calls are its versions on the rotating cache copies."""
+        return {"ms": self.flush(call), "clean_ms": self.clean(call), "graph_ms": self.graph(graph_calls),
+                "kernel_ms": self.kernel(call)}
+
     def graph(self, fns, replays=7):
         """fns: one callable per rotating copy; the graph cycles through them. ms per call."""
         calls = max(CALLS_PER_GRAPH, len(fns))
@@ -250,8 +255,7 @@ def main():
     null = lambda: tiny.add_(1.0)
     null_times = {"ms": 0.0, "clean_ms": 0.0, "graph_ms": 0.0, "kernel_ms": 0.0}
     if not args.profile:
-        null_times = {"ms": timer.flush(null), "clean_ms": timer.clean(null), "graph_ms": timer.graph([null]),
-                      "kernel_ms": timer.kernel(null)}
+        null_times = timer.all_methods(null, [null])
         print(json.dumps({"probe": "null", **null_times}), flush=True)
 
     def parsed_variants(batch, context):
@@ -418,8 +422,7 @@ def main():
                 graph_calls = [lambda c=c: seer_call(blocks, workspace, forced_splits, c, pipeline, order, policy,
                                                      head_major, cluster)
                                for c in copies_for(bytes_per_call, head_major)]
-                return {"ms": timer.flush(call), "clean_ms": timer.clean(call), "graph_ms": timer.graph(graph_calls),
-                        "kernel_ms": timer.kernel(call)}
+                return timer.all_methods(call, graph_calls)
 
             # ---- seer dense ----
             if not args.skip_dense:
@@ -444,27 +447,26 @@ def main():
                     seer_call(blocks, workspace)
                     torch.cuda.synchronize()
                     contiguous_out = out.clone()  # the automatic call's output on this cache and these blocks
-                for page_size in page_sizes if density == 0.1 else []:
-                    # The identity table reads what the contiguous call read: the same output, within rounding.
-                    pages = context // page_size
-                    identity = torch.arange(batch * pages, dtype=torch.int32, device="cuda").view(batch, pages)
-                    seer_paged_call(blocks, workspace, identity, page_size)
-                    torch.cuda.synchronize()
-                    difference = (out.float() - contiguous_out.float()).abs().max().item()
-                    if difference > 1e-2:
-                        raise RuntimeError(f"paged cache (page size {page_size}): output differs from the contiguous "
-                                           f"call by {difference}")
-                    table = identity if args.page_order == "identity" else torch.randperm(
-                        batch * pages, generator=generator, device="cuda").to(torch.int32).view(batch, pages)
-                    call = lambda t=table, p=page_size: seer_paged_call(blocks, workspace, t, p)
-                    graph_calls = [lambda c=c, t=table, p=page_size: seer_paged_call(blocks, workspace, t, p, c)
-                                   for c in copies_for(kept_bytes)]
-                    times = {"ms": timer.flush(call), "clean_ms": timer.clean(call),
-                             "graph_ms": timer.graph(graph_calls), "kernel_ms": timer.kernel(call)}
-                    print(json.dumps({"batch": batch, "context": context, "page_size": page_size,
-                                      "max_abs_difference_vs_contiguous": difference}), flush=True)
-                    record(f"seer-sparse, pages of {page_size}" + (" in order" if args.page_order == "identity" else ""),
-                           density, kept, times, None)
+                    for page_size in page_sizes:
+                        # The identity table reads what the contiguous call read: the same output, within rounding.
+                        pages = context // page_size
+                        identity = torch.arange(batch * pages, dtype=torch.int32, device="cuda").view(batch, pages)
+                        seer_paged_call(blocks, workspace, identity, page_size)
+                        torch.cuda.synchronize()
+                        difference = (out.float() - contiguous_out.float()).abs().max().item()
+                        if difference > 1e-2:
+                            raise RuntimeError(f"paged cache (page size {page_size}): output differs from the "
+                                               f"contiguous call by {difference}")
+                        table = identity if args.page_order == "identity" else torch.randperm(
+                            batch * pages, generator=generator, device="cuda").to(torch.int32).view(batch, pages)
+                        call = lambda t=table, p=page_size: seer_paged_call(blocks, workspace, t, p)
+                        graph_calls = [lambda c=c, t=table, p=page_size: seer_paged_call(blocks, workspace, t, p, c)
+                                       for c in copies_for(kept_bytes)]
+                        print(json.dumps({"batch": batch, "context": context, "page_size": page_size,
+                                          "max_abs_difference_vs_contiguous": difference}), flush=True)
+                        record(f"seer-sparse, pages of {page_size}" +
+                               (" in order" if args.page_order == "identity" else ""),
+                               density, kept, timer.all_methods(call, graph_calls), None)
                 if density == 0.1 and compared:
                     main_out = out.clone()
                     for name, function in compared:
@@ -477,9 +479,8 @@ def main():
                             call = lambda f=function: seer_call(blocks, workspace, function=f)
                             graph_calls = [lambda c=c, f=function: seer_call(blocks, workspace, cache=c, function=f)
                                            for c in copies_for(kept_bytes)]
-                            times = {"ms": timer.flush(call), "clean_ms": timer.clean(call),
-                                     "graph_ms": timer.graph(graph_calls), "kernel_ms": timer.kernel(call)}
-                            record(f"seer {name} r{round_index + 1}", density, kept, times, None)
+                            record(f"seer {name} r{round_index + 1}", density, kept,
+                                   timer.all_methods(call, graph_calls), None)
                 if density == 0.1 and args.sweep_splits:
                     sweep = {}
                     for forced in [int(x) for x in args.sweep_splits.split(",")]:

@@ -88,12 +88,11 @@ struct DecodeCtaWork {
   }
 };
 
-// KvCacheView::offset of a paged cache (token, head of sequence `sequence`) in 32-bit index arithmetic: a 64-bit
-// division is a long software routine, and the per-row copy path needs one per row of every tile. The host
-// bounds a paged cache to 2^31 - 1 tokens per sequence (validate_decode_call).
-// Power-of-two page sizes (those of every engine we know: 1, 16, 32, 64, ...) take a shift and a mask instead of
-// a division: a lone batch-1 CTA waits on its instruction chain, and the per-row path runs this for each of a
-// thread's 8 rows of every tile.
+// KvCacheView::offset of a paged cache (token, head of sequence `sequence`), cheaper on the device: the per-row
+// copy path runs it for each of a thread's rows of every tile, and a lone batch-1 CTA waits on its instruction
+// chain. Power-of-two page sizes (1, 16, 32, 64, ...) take a shift and a mask, others a 32-bit division (a 64-bit
+// one is a long software routine); the host bounds a paged cache to 2^31 - 1 tokens per sequence
+// (validate_decode_call).
 template <class T>
 __device__ inline std::int64_t paged_offset(const KvCacheView<const T>& cache, std::int64_t sequence,
                                             std::int64_t token, std::int64_t head) {
